@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Regenerate the student notebooks in exercises/ from the instructor notebooks in solutions/.
+
+Runs ``nbgrader generate_assignment`` for every assignment in a temporary copy
+of the course directory (nbgrader needs a gradebook database; the repository
+stays clean), with the repository's own ``nbgrader_config.py`` (which stamps
+the repository URL from ``_config.yml`` into the Colab badge and the install
+cell), then copies the result into ``exercises/``.
+
+Usage::
+
+    python tools/generate_exercises.py                 # regenerate every assignment into exercises/
+    python tools/generate_exercises.py 02_regression   # only some assignments
+    python tools/generate_exercises.py --check         # exit 1 when exercises/ is stale
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import nbformat
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What nbgrader needs to see of the course directory.
+COURSE_FILES = ("nbgrader_config.py", "_config.yml")
+COURSE_DIRS = ("tools", "solutions")
+
+
+def assignment_ids(root=ROOT):
+    src = os.path.join(root, "solutions")
+    return sorted(d for d in os.listdir(src)
+                  if os.path.isfile(os.path.join(src, d, d + ".ipynb")))
+
+
+def generate(out_dir, assignments=None, root=ROOT):
+    """Generate the student versions of ``assignments`` (default: all) into ``out_dir/<id>/``."""
+    assignments = list(assignments or assignment_ids(root))
+    with tempfile.TemporaryDirectory(prefix="lossfn-course-") as tmp:
+        for name in COURSE_FILES:
+            shutil.copy2(os.path.join(root, name), os.path.join(tmp, name))
+        for name in COURSE_DIRS:
+            shutil.copytree(os.path.join(root, name), os.path.join(tmp, name),
+                            ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+        for aid in assignments:
+            proc = subprocess.run(
+                [sys.executable, "-m", "nbgrader", "generate_assignment", aid, "--force",
+                 "--log-level=WARN"],
+                cwd=tmp, capture_output=True, text=True,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"nbgrader generate_assignment {aid} failed:\n{proc.stdout}\n{proc.stderr}")
+        for aid in assignments:
+            src = os.path.join(tmp, "exercises", aid)
+            dst = os.path.join(out_dir, aid)
+            if os.path.isdir(dst):
+                shutil.rmtree(dst)
+            shutil.copytree(src, dst)
+            for dirpath, _, files in os.walk(dst):
+                for f in files:
+                    if f.endswith(".ipynb"):
+                        _normalize(os.path.join(dirpath, f))
+    return assignments
+
+
+def _normalize(path):
+    """Rewrite a generated notebook in nbformat's canonical form (stable diffs)."""
+    nb = nbformat.read(path, as_version=4)
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        nbformat.write(nb, fh)
+    os.chmod(path, 0o644)
+
+
+def stale(assignments=None, root=ROOT):
+    """Return a list of human-readable differences between exercises/ and a fresh generation."""
+    problems = []
+    with tempfile.TemporaryDirectory(prefix="lossfn-exercises-") as out:
+        assignments = generate(out, assignments, root)
+        for aid in assignments:
+            fresh_dir = os.path.join(out, aid)
+            kept_dir = os.path.join(root, "exercises", aid)
+            fresh = sorted(os.listdir(fresh_dir))
+            kept = sorted(os.listdir(kept_dir)) if os.path.isdir(kept_dir) else []
+            if fresh != kept:
+                problems.append(f"{aid}: files {kept} != freshly generated {fresh}")
+                continue
+            for name in fresh:
+                a, b = os.path.join(kept_dir, name), os.path.join(fresh_dir, name)
+                if name.endswith(".ipynb"):
+                    problems += [f"{aid}/{name}: {d}" for d in _notebook_diff(a, b)]
+                else:
+                    with open(a, "rb") as fa, open(b, "rb") as fb:
+                        if fa.read() != fb.read():
+                            problems.append(f"{aid}/{name}: content differs")
+    return problems
+
+
+def _notebook_diff(kept_path, fresh_path):
+    kept = nbformat.read(kept_path, as_version=4)
+    fresh = nbformat.read(fresh_path, as_version=4)
+    diffs = []
+    if len(kept.cells) != len(fresh.cells):
+        diffs.append(f"{len(kept.cells)} cells, freshly generated {len(fresh.cells)}")
+    for i, (k, f) in enumerate(zip(kept.cells, fresh.cells)):
+        for field in ("cell_type", "source", "metadata"):
+            if k.get(field) != f.get(field):
+                diffs.append(f"cell {i} ({f.get('id', '?')}): {field} differs")
+        if k.get("outputs") or k.get("execution_count"):
+            diffs.append(f"cell {i} ({k.get('id', '?')}): committed notebook has outputs")
+    if kept.metadata != fresh.metadata:
+        diffs.append("notebook metadata differs")
+    return diffs
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("assignments", nargs="*", help="assignment ids (default: all in solutions/)")
+    parser.add_argument("--check", action="store_true",
+                        help="do not write; exit 1 when exercises/ differs from a fresh generation")
+    args = parser.parse_args(argv)
+    if args.check:
+        problems = stale(args.assignments or None)
+        for p in problems:
+            print("stale:", p)
+        if problems:
+            print("exercises/ is out of date: run python tools/generate_exercises.py")
+            return 1
+        print("exercises/ is up to date")
+        return 0
+    done = generate(os.path.join(ROOT, "exercises"), args.assignments or None)
+    print("generated:", " ".join(f"exercises/{a}/" for a in done))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
