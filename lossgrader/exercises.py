@@ -1,0 +1,946 @@
+"""The exercise registry: every loss of the course, with its cases, reference,
+forbidden built-ins, typical mistakes and feedback plot.
+
+``EXERCISES`` maps an exercise id to its Exercise (id, title, func_name, signature,
+points, assignment, kind). The ids and signatures are fixed: notebooks and the book
+rely on them.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import references as ref
+from .cases import Case, Rand, SubgradientRange
+from .engine import (CaseFailure, call_student, check_forbidden, check_tensor_result, check_unchanged,
+                     compare, nonfinite_failure)
+from .plots import Curve
+
+
+@dataclass(frozen=True)
+class Forbidden:
+    name: str                       # as shown to the student, e.g. "F.mse_loss"
+    funcs: tuple
+    when: Optional[Callable[[dict], bool]] = None
+
+    def matches(self, func, kwargs) -> bool:
+        return func in self.funcs and (self.when is None or self.when(kwargs))
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A typical wrong implementation and the hint shown when a student's result matches it."""
+    hint: str
+    fn: Callable
+
+
+AUTOGRAD = Forbidden("自动求导（.backward() / torch.autograd.grad）", (torch.Tensor.backward, torch.autograd.grad))
+NOT_A_LOSS_HINT = "检查是否在计算中用了 .detach()、.item()、.data 或不可导的运算（如 round、argmax）。"
+
+
+class Exercise:
+    kind = "loss"
+
+    def __init__(self, id, title, func_name, signature, points, assignment, reference, make_cases, *,
+                 forbidden=(), mistakes=(), curve=None, tol=None, time_limit=10.0, required=None):
+        self.id = id
+        self.title = title
+        self.func_name = func_name
+        self.signature = signature
+        self.points = points
+        self.assignment = assignment
+        self.reference = reference
+        self.make_cases = make_cases
+        self.forbidden = tuple(forbidden)
+        self.mistakes = tuple(mistakes)
+        self.curve = curve
+        self.tol = tol
+        self.time_limit = time_limit
+        self.required = required
+        self._cache = {}
+
+    def __repr__(self):
+        return f"<Exercise {self.id}: {self.title} {self.func_name}{self.signature}, {self.points} 分>"
+
+    # ----------------------------------------------------------- cases
+    def default_seed(self) -> int:
+        return zlib.crc32(self.id.encode()) % (2 ** 31)
+
+    def cases(self, seed=None, hidden=False):
+        """(cases, expectations), generated on the CPU and cached per (seed, hidden)."""
+        key = (self.default_seed() if seed is None else int(seed), bool(hidden))
+        if key not in self._cache:
+            cases = self.make_cases(Rand(key[0]), key[1])
+            self._cache[key] = (cases, [self.expect(c) for c in cases])
+        return self._cache[key]
+
+    def expect(self, case: Case):
+        """Reference value and gradients (on the CPU)."""
+        fn = getattr(self.reference, "__wrapped_reference__", self.reference)
+        args = tuple(a.detach().clone().requires_grad_(i in case.grad_args and not case.value_only)
+                     if isinstance(a, torch.Tensor) else a for i, a in enumerate(case.args))
+        value = fn(*args, **case.kwargs)
+        grads = ()
+        if case.grad_args and not case.value_only:
+            grads = torch.autograd.grad(value, [args[i] for i in case.grad_args])
+        return value.detach(), tuple(g.detach() for g in grads)
+
+    # ----------------------------------------------------------- grading
+    def validate_solution(self, solution) -> Optional[str]:
+        if solution is None:
+            return "尚未实现：传给 check 的是 None。"
+        if not callable(solution):
+            return f"传给 check 的应是函数 {self.func_name}，而不是 {type(solution).__name__}。"
+        return None
+
+    def run_case(self, ctx, solution, case, expected):
+        self.check_loss(ctx, solution, case, expected)
+
+    def check_loss(self, ctx, fn, case, expected, prefix=""):
+        value, grads = expected
+        args, kwargs = case.materialize(ctx.device)
+        out, calls = call_student(ctx, lambda: fn(*args, **kwargs))
+        check_forbidden(ctx, calls)
+        self.check_required(calls)
+        dtype = case.float_dtype()
+        check_tensor_result(out, (), dtype, ctx.device)
+        check_unchanged(case.args, args)
+        if not bool(torch.isfinite(out.detach()).all()):
+            raise nonfinite_failure(case)
+        diff = compare(out, value, dtype, self.tol)
+        if diff:
+            raise CaseFailure("fail", f"{prefix}损失值不对：{diff}")
+        if case.value_only or not case.grad_args:
+            return
+        if not out.requires_grad:
+            raise CaseFailure("fail", f"{prefix}梯度无法回传：返回的张量不在计算图中（requires_grad=False）。",
+                              "不要用 .item()、.detach()、torch.tensor(...) 重新包装结果，也不要在 NumPy 中计算："
+                              "这些都会切断计算图。")
+        inputs = [args[i] for i in case.grad_args]
+        got, _ = call_student(ctx, lambda: torch.autograd.grad(out, inputs, allow_unused=True), spy=False)
+        for k, (i, g, e) in enumerate(zip(case.grad_args, got, grads)):
+            if g is None:
+                raise CaseFailure("fail", f"{prefix}梯度没有流回第 {i + 1} 个输入：它不在计算图中。", NOT_A_LOSS_HINT)
+            if not bool(torch.isfinite(g).all()):
+                raise nonfinite_failure(case, what=f"{prefix}对第 {i + 1} 个输入的梯度")
+            diff = compare(g, e, dtype, self.tol, case.subgrad.get(i))
+            if diff:
+                raise CaseFailure("fail", f"{prefix}损失值正确，但对第 {i + 1} 个输入的梯度不对：{diff}", NOT_A_LOSS_HINT)
+
+    def check_required(self, calls):
+        if self.required is None:
+            return
+        name, funcs = self.required
+        if not any(f in funcs for f, _ in calls):
+            raise CaseFailure("fail", f"本练习要求使用 <code>{name}</code>。")
+
+    def diagnose(self, ctx, solution, case) -> Optional[str]:
+        """The hint of the first typical mistake the student's result matches."""
+        if not self.mistakes:
+            return None
+        args, kwargs = case.materialize("cpu")
+        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        try:
+            got, _ = call_student(ctx, lambda: self.call_for_value(solution, case, args, kwargs))
+        except CaseFailure:
+            return None
+        if not isinstance(got, torch.Tensor):
+            return None
+        for mistake in self.mistakes:
+            try:
+                wrong = self.call_for_value(mistake.fn, case, args, kwargs)
+                if compare(got, wrong, case.float_dtype(), self.tol) is None:
+                    return mistake.hint
+            except Exception:
+                continue
+        return None
+
+    def call_for_value(self, fn, case, args, kwargs):
+        return fn(*args, **kwargs)
+
+
+class GradExercise(Exercise):
+    """The student returns a gradient tensor shaped like the first input."""
+    kind = "gradient"
+
+    def expect(self, case):
+        fn = getattr(self.reference, "__wrapped_reference__", self.reference)
+        return fn(*case.args, **case.kwargs), ()
+
+    def run_case(self, ctx, solution, case, expected):
+        value, _ = expected
+        args, kwargs = case.materialize(ctx.device)
+        out, calls = call_student(ctx, lambda: solution(*args, **kwargs))
+        check_forbidden(ctx, calls)
+        like = next(a for a in case.args if isinstance(a, torch.Tensor))
+        dtype = case.float_dtype()
+        check_tensor_result(out, like.shape, dtype, ctx.device)
+        check_unchanged(case.args, args)
+        if not bool(torch.isfinite(out.detach()).all()):
+            raise nonfinite_failure(case)
+        diff = compare(out, value, dtype, self.tol, case.subgrad.get(0))
+        if diff:
+            raise CaseFailure("fail", f"梯度值不对：{diff}")
+
+
+class ModuleExercise(Exercise):
+    """The student writes an nn.Module class; it is built with the case's constructor
+    arguments, run before and after .to(device), and must hold no parameters."""
+    kind = "module"
+
+    def validate_solution(self, solution):
+        if solution is None:
+            return "尚未实现：传给 check 的是 None。"
+        if not (isinstance(solution, type) and issubclass(solution, nn.Module)):
+            return f"传给 check 的应是继承自 nn.Module 的类 {self.func_name}（类本身，而不是实例或函数）。"
+        return None
+
+    def expect(self, case):
+        merged = Case(case.name, case.args, {**case.kwargs, **(case.init_kwargs or {})}, case.grad_args)
+        return Exercise.expect(self, merged)
+
+    def run_case(self, ctx, solution, case, expected):
+        init = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in (case.init_kwargs or {}).items()}
+        module, _ = call_student(ctx, lambda: solution(**init))
+        if not isinstance(module, nn.Module):
+            raise CaseFailure("fail", f"{self.func_name}(...) 没有得到 nn.Module 实例。",
+                              "记得在 __init__ 中调用 super().__init__()。")
+        params = [name for name, _ in module.named_parameters()]
+        if params:
+            raise CaseFailure("fail", f"模块含有可训练参数 {', '.join(params)}：损失函数不应有参数，否则优化器会去“训练”它们。",
+                              "固定的张量（如类别权重）请用 self.register_buffer(...) 注册，或保存为普通属性。")
+        self.check_loss(ctx, module, case, expected, prefix="（模块在 CPU 上、输入在目标设备上）")
+        call_student(ctx, lambda: module.to(ctx.device), spy=False)
+        self.check_loss(ctx, module, case, expected, prefix=f"（调用 .to({ctx.device}) 之后）")
+
+    def call_for_value(self, fn, case, args, kwargs):
+        init = dict(case.init_kwargs or {})
+        if isinstance(fn, type):
+            return fn(**init)(*args, **kwargs)
+        return fn(*args, **kwargs, **init)
+
+
+class OutcomeExercise(Exercise):
+    """Graded by what the student's function achieves on data the grader generates."""
+    kind = "outcome"
+
+    def __init__(self, *args, evaluate, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.evaluate = evaluate
+
+    def expect(self, case):
+        return None, ()
+
+    def run_case(self, ctx, solution, case, expected):
+        self.evaluate(ctx, solution, case)
+
+
+# =================================================================== case factories
+def _regression_cases(param=None, default=1.0):
+    """Cases for element-wise regression losses: dtypes, shapes, a transposed input,
+    the loss's parameter, large residuals and, hidden, more of each."""
+    def make(r: Rand, hidden: bool):
+        cases = []
+
+        def add(name, shape, dtype=torch.float32, scale=1.5, kw=None, noncontig=False, tags=()):
+            if noncontig:
+                pred = r.noncontiguous(*shape, dtype=dtype, scale=scale)
+                target = r.noncontiguous(*shape, dtype=dtype, scale=scale)
+            else:
+                pred = r.normal(*shape, dtype=dtype, scale=scale)
+                target = r.normal(*shape, dtype=dtype, scale=scale)
+            cases.append(Case(name, (pred, target), kw or {}, grad_args=(0, 1), tags=frozenset(tags)))
+
+        add("一维 float32", (8,))
+        add("二维 float64", (3, 4), dtype=torch.float64)
+        add("转置后的非连续张量", (4, 5), noncontig=True, tags=("noncontiguous",))
+        add("大残差（含离群值）", (6,), scale=6.0)
+        if param:
+            add(f"{param}={default * 0.5:g}", (10,), kw={param: default * 0.5})
+            add(f"{param}=2", (2, 5), dtype=torch.float64, kw={param: 2.0})
+        if hidden:
+            add("三维 float32", (2, 3, 4), scale=3.0)
+            add("单个元素", (1,), dtype=torch.float64)
+            add("较大的批量 float32", (64,), scale=2.0)
+            add("非连续 float64", (3, 6), dtype=torch.float64, noncontig=True, tags=("noncontiguous",))
+            if param:
+                add(f"{param}=0.3 float64", (5, 3), dtype=torch.float64, scale=0.8, kw={param: 0.3})
+        return cases
+    return make
+
+
+def _mae_cases(r: Rand, hidden: bool):
+    cases = _regression_cases()(r, hidden)
+    pred = r.normal(8)
+    target = pred.clone()
+    target[::2] += r.normal(4)
+    n = pred.numel()
+    zero = pred == target
+    bound = torch.full_like(pred, 1.0 / n)
+    # where pred == target any subgradient in [-1/n, 1/n] is valid, for pred and for target
+    cases.append(Case("部分残差恰好为 0（不可导点）", (pred, target), grad_args=(0, 1), tags=frozenset({"edge"}),
+                      subgrad={0: SubgradientRange(zero, -bound, bound), 1: SubgradientRange(zero, -bound, bound)}))
+    return cases
+
+
+def _mae_grad_cases(r: Rand, hidden: bool):
+    cases = [Case(c.name, c.args, c.kwargs, tags=c.tags) for c in _regression_cases()(r, hidden)]
+    edge = _mae_cases(Rand(7), False)[-1]
+    cases.append(Case(edge.name, edge.args, tags=edge.tags, subgrad={0: edge.subgrad[0]}))
+    return cases
+
+
+def _as_grad_cases(make):
+    def grad_cases(r, hidden):
+        return [Case(c.name, c.args, c.kwargs, tags=c.tags, subgrad=c.subgrad) for c in make(r, hidden)]
+    return grad_cases
+
+
+def _bce_cases(r: Rand, hidden: bool):
+    cases = []
+    for name, shape, dtype in [("一维 float32", (8,), torch.float32), ("二维 float64", (4, 3), torch.float64)] + (
+            [("三维 float32", (2, 3, 4), torch.float32), ("较大的批量 float64", (50,), torch.float64)] if hidden else []):
+        probs = r.uniform(*shape, low=0.02, high=0.98, dtype=dtype)
+        cases.append(Case(name, (probs, r.labels01(*shape, dtype=dtype)), grad_args=(0,)))
+    probs = r.uniform(5, 4, low=0.05, high=0.95).t()
+    cases.append(Case("转置后的非连续张量", (probs, r.labels01(5, 4).t()), grad_args=(0,), tags=frozenset({"noncontiguous"})))
+    target = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+    probs = torch.tensor([0.0, 1.0, 1.0, 0.0, 1e-30, 1 - 1e-7])
+    cases.append(Case("概率恰为 0 和 1（PyTorch 将 log 截断在 −100，只评分损失值）", (probs, target),
+                      value_only=True, tags=frozenset({"large"})))
+    cases.append(Case("软标签（目标在 0 和 1 之间）", (r.uniform(6, low=0.05, high=0.95), r.uniform(6)), grad_args=(0,)))
+    return cases
+
+
+def _logit_cases(r: Rand, hidden: bool):
+    cases = []
+    for name, shape, dtype, scale in [("一维 float32", (8,), torch.float32, 2.0),
+                                      ("二维 float64", (4, 3), torch.float64, 2.0)] + (
+            [("三维 float32", (2, 3, 4), torch.float32, 3.0), ("单个元素 float64", (1,), torch.float64, 1.0)]
+            if hidden else []):
+        cases.append(Case(name, (r.normal(*shape, dtype=dtype, scale=scale), r.labels01(*shape, dtype=dtype)),
+                          grad_args=(0,)))
+    cases.append(Case("转置后的非连续张量", (r.noncontiguous(4, 5, scale=2.0), r.labels01(5, 4).t()), grad_args=(0,),
+                      tags=frozenset({"noncontiguous"})))
+    big = torch.tensor([100.0, -100.0, 250.0, -250.0, 1000.0, -1000.0, 88.0, -104.0])
+    cases.append(Case("很大的 logits（±100 及以上，float32）", (big, torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0])),
+                      grad_args=(0,), tags=frozenset({"large"})))
+    if hidden:
+        cases.append(Case("很大的 logits，软标签", (big.flip(0), torch.linspace(0, 1, 8)), grad_args=(0,),
+                          tags=frozenset({"large"})))
+    return cases
+
+
+def _class_cases(extra_kw=None, large=True):
+    """(N, C) logits with int64 targets."""
+    def make(r: Rand, hidden: bool):
+        cases = []
+
+        def add(name, n, c, dtype=torch.float32, scale=2.0, kw=None, tags=()):
+            cases.append(Case(name, (r.normal(n, c, dtype=dtype, scale=scale), r.integers(c, n)), kw or {},
+                              grad_args=(0,), tags=frozenset(tags)))
+        add("N=6, C=4, float32", 6, 4)
+        add("N=5, C=3, float64", 5, 3, dtype=torch.float64)
+        if extra_kw:
+            for kw in extra_kw:
+                add(", ".join(f"{k}={v:g}" for k, v in kw.items()), 7, 5, kw=kw)
+        logits = r.normal(3, 8, scale=2.0).t()
+        cases.append(Case("转置后的非连续 logits", (logits, r.integers(3, 8)), grad_args=(0,),
+                          tags=frozenset({"noncontiguous"})))
+        if large:
+            add("很大的 logits（float32，数值稳定性）", 4, 3, scale=400.0, tags=("large",))
+        if hidden:
+            add("N=1, C=2", 1, 2, dtype=torch.float64)
+            add("N=32, C=10, float32", 32, 10, scale=3.0)
+            if large:
+                add("很大的 logits（float64）", 5, 6, dtype=torch.float64, scale=1000.0, tags=("large",))
+            if extra_kw:
+                add(", ".join(f"{k}={v:g}" for k, v in extra_kw[-1].items()) + " float64", 6, 4, dtype=torch.float64,
+                    kw=extra_kw[-1])
+        return cases
+    return make
+
+
+def _weighted_cases(r: Rand, hidden: bool):
+    cases = []
+    for name, n, c, dtype in [("N=6, C=3, float32", 6, 3, torch.float32), ("N=8, C=4, float64", 8, 4, torch.float64)] + (
+            [("N=20, C=5, float32", 20, 5, torch.float32), ("N=1, C=3, float64", 1, 3, torch.float64)] if hidden else []):
+        weight = r.uniform(c, low=0.2, high=3.0, dtype=dtype)
+        cases.append(Case(name, (r.normal(n, c, dtype=dtype, scale=2.0), r.integers(c, n), weight), grad_args=(0,)))
+    cases.append(Case("类别权重 [1, 2, 3]，转置后的非连续 logits",
+                      (r.normal(3, 5, scale=2.0).t(), torch.tensor([0, 2, 2, 1, 2]), torch.tensor([1.0, 2.0, 3.0])),
+                      grad_args=(0,), tags=frozenset({"noncontiguous"})))
+    cases.append(Case("很大的 logits（float32）", (r.normal(4, 3, scale=300.0), r.integers(3, 4), torch.tensor([0.5, 1.0, 4.0])),
+                      grad_args=(0,), tags=frozenset({"large"})))
+    return cases
+
+
+def _binary_focal_cases(r: Rand, hidden: bool):
+    cases = []
+    for name, shape, dtype, kw in [("一维 float32，默认 α、γ", (8,), torch.float32, {}),
+                                   ("二维 float64，α=0.5, γ=1", (4, 3), torch.float64, {"alpha": 0.5, "gamma": 1.0}),
+                                   ("α=−1（不使用 α_t 加权）", (6,), torch.float32, {"alpha": -1.0}),
+                                   ("多标签 (N, C)，γ=0", (5, 3), torch.float32, {"gamma": 0.0})] + (
+            [("三维 float64, α=0.75, γ=3", (2, 3, 4), torch.float64, {"alpha": 0.75, "gamma": 3.0})] if hidden else []):
+        cases.append(Case(name, (r.normal(*shape, dtype=dtype, scale=2.0), r.labels01(*shape, dtype=dtype)), kw,
+                          grad_args=(0,)))
+    big = torch.tensor([100.0, -100.0, 300.0, -300.0])
+    cases.append(Case("很大的 logits（float32）", (big, torch.tensor([1.0, 1.0, 0.0, 0.0])), grad_args=(0,),
+                      tags=frozenset({"large"})))
+    return cases
+
+
+def _pair_cases(r: Rand, hidden: bool):
+    cases = []
+    for name, n, d, dtype, kw in [("N=6, D=3, float32", 6, 3, torch.float32, {}),
+                                  ("N=5, D=4, float64, margin=2", 5, 4, torch.float64, {"margin": 2.0})] + (
+            [("N=16, D=8, float32, margin=0.5", 16, 8, torch.float32, {"margin": 0.5})] if hidden else []):
+        x1 = r.normal(n, d, dtype=dtype, scale=0.6)
+        x2 = r.normal(n, d, dtype=dtype, scale=0.6)
+        label = torch.tensor([i % 2 for i in range(n)], dtype=dtype)
+        cases.append(Case(name, (x1, x2, label), kw, grad_args=(0, 1)))
+    x1 = r.normal(4, 3)
+    x2 = x1.clone()
+    x2[2:] += r.normal(2, 3)
+    label = torch.tensor([0.0, 1.0, 1.0, 0.0])
+    # rows 0 and 1 coincide: d = 0 is not differentiable; for the dissimilar row 1 the
+    # gradient is -2·margin·g/N with g any vector of norm <= 1, for the similar row 0 it is 0
+    mask = torch.zeros(4, 3, dtype=torch.bool)
+    mask[1] = True
+    bound = torch.full((4, 3), 2.0 / 4)
+    sub = SubgradientRange(mask, -bound, bound)
+    cases.append(Case("两点重合（距离为 0，不可导点）", (x1, x2, label), grad_args=(0, 1), subgrad={0: sub, 1: sub},
+                      tags=frozenset({"edge"})))
+    return cases
+
+
+def _triplet_cases(r: Rand, hidden: bool):
+    cases = []
+    for name, n, d, dtype, kw in [("N=6, D=3, float32", 6, 3, torch.float32, {}),
+                                  ("N=5, D=4, float64, margin=2", 5, 4, torch.float64, {"margin": 2.0})] + (
+            [("N=16, D=8, float32, margin=0.3", 16, 8, torch.float32, {"margin": 0.3})] if hidden else []):
+        cases.append(Case(name, (r.normal(n, d, dtype=dtype), r.normal(n, d, dtype=dtype), r.normal(n, d, dtype=dtype)),
+                          kw, grad_args=(0, 1, 2)))
+    a = r.normal(3, 2)
+    p = a.clone()
+    p[1:] += r.normal(2, 2, scale=0.5)
+    n = a + torch.tensor([[0.3, 0.2], [2.0, 0.0], [0.1, -0.2]])
+    # row 0: anchor == positive and the hinge is active: d(a, p) has any subgradient g, |g| <= 1
+    mask = torch.zeros(3, 2, dtype=torch.bool)
+    mask[0] = True
+    u = (a[0] - n[0]) / (a[0] - n[0]).norm()
+    lo_a = torch.zeros(3, 2)
+    hi_a = torch.zeros(3, 2)
+    lo_a[0], hi_a[0] = (-1 - u) / 3, (1 - u) / 3
+    bound = torch.full((3, 2), 1.0 / 3)
+    cases.append(Case("锚点与正样本重合（不可导点）", (a, p, n), grad_args=(0, 1, 2), tags=frozenset({"edge"}),
+                      subgrad={0: SubgradientRange(mask, lo_a, hi_a), 1: SubgradientRange(mask, -bound, bound)}))
+    return cases
+
+
+def _segmentation_cases(r: Rand, hidden: bool):
+    cases = []
+    for name, shape, dtype, kw in [("(N, C)=(6, 3) float32", (6, 3), torch.float32, {}),
+                                   ("(N, C, H, W)=(2, 3, 4, 4) float64", (2, 3, 4, 4), torch.float64, {}),
+                                   ("(N, C, L)=(2, 4, 5) float32, smooth=0.5", (2, 4, 5), torch.float32, {"smooth": 0.5})] + (
+            [("(N, C, D, H, W)=(1, 2, 2, 3, 3) float64, smooth=0", (1, 2, 2, 3, 3), torch.float64, {"smooth": 0.0}),
+             ("(N, C, H, W)=(4, 5, 8, 8) float32", (4, 5, 8, 8), torch.float32, {})] if hidden else []):
+        target = r.integers(shape[1], shape[0], *shape[2:])
+        cases.append(Case(name, (r.normal(*shape, dtype=dtype, scale=2.0), target), kw, grad_args=(0,)))
+    logits = r.normal(2, 4, 4, 3, scale=2.0).permute(0, 3, 1, 2)  # channels-last layout: not contiguous
+    cases.append(Case("非连续的 (N, C, H, W) logits", (logits, r.integers(3, 2, 4, 4)), grad_args=(0,),
+                      tags=frozenset({"noncontiguous"})))
+    return cases
+
+
+def _boxes(r: Rand, n, dtype, disjoint_rows=()):
+    xy = r.uniform(n, 2, low=0.0, high=4.0, dtype=dtype)
+    wh = r.uniform(n, 2, low=0.5, high=3.0, dtype=dtype)
+    pred = torch.cat([xy, xy + wh], dim=1)
+    shift = r.uniform(n, 2, low=-1.0, high=1.0, dtype=dtype)
+    twh = wh * r.uniform(n, 2, low=0.6, high=1.4, dtype=dtype)
+    txy = xy + shift
+    for i in disjoint_rows:
+        txy[i] = xy[i] + wh[i] + 1.0
+    return pred, torch.cat([txy, txy + twh], dim=1)
+
+
+def _box_cases(r: Rand, hidden: bool):
+    cases = [Case("N=6 个重叠的框 float32", _boxes(r, 6, torch.float32), grad_args=(0,)),
+             Case("N=5 float64", _boxes(r, 5, torch.float64), grad_args=(0,)),
+             Case("含不相交的框（IoU=0）", _boxes(r, 4, torch.float32, disjoint_rows=(1, 3)), grad_args=(0,),
+                  tags=frozenset({"edge"})),
+             Case("完全相同的框（IoU=1）", (torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 4.0, 3.0]]),) * 2,
+                  grad_args=(0,))]
+    if hidden:
+        cases.append(Case("N=32 float32", _boxes(r, 32, torch.float32, disjoint_rows=(0, 5)), grad_args=(0,)))
+        cases.append(Case("一个框包含另一个", (torch.tensor([[0.0, 0.0, 4.0, 4.0]], dtype=torch.float64),
+                                              torch.tensor([[1.0, 1.0, 2.0, 3.0]], dtype=torch.float64)), grad_args=(0,)))
+    return cases
+
+
+def _numgrad_cases(r: Rand, hidden: bool):
+    def cubic(x):
+        return (x ** 3).sum()
+
+    def wavy(x):
+        return (torch.sin(x) * x ** 2).sum()
+
+    def softplus_norm(x):
+        return torch.log1p(torch.exp(x)).sum() + (x ** 2).sum().sqrt()
+
+    cases = [Case("f(x)=Σx³，x 形状 (5,)", (cubic, r.normal(5, dtype=torch.float64))),
+             Case("f(x)=Σ sin(x)·x²，x 形状 (2, 3)，eps=1e-3", (wavy, r.normal(2, 3, dtype=torch.float64)),
+                  {"eps": 1e-3}),
+             Case("转置后的非连续 x，eps=1e-4", (softplus_norm, r.normal(4, 3, dtype=torch.float64).t()), {"eps": 1e-4},
+                  tags=frozenset({"noncontiguous"}))]
+    if hidden:
+        cases.append(Case("x 形状 (2, 2, 2)，eps=1e-3", (wavy, r.normal(2, 2, 2, dtype=torch.float64)), {"eps": 1e-3}))
+        cases.append(Case("x 为 float32，eps=1e-2", (cubic, r.normal(6)), {"eps": 1e-2}))
+    return cases
+
+
+def _module_cases(make, init_kwargs):
+    def cases(r, hidden):
+        out = []
+        for c in make(r, hidden):
+            init = dict(init_kwargs)
+            for k in [k for k in c.kwargs if k in init or k in ("alpha", "gamma", "smoothing", "smooth")]:
+                init[k] = c.kwargs[k]
+            out.append(Case(c.name, c.args, {}, grad_args=c.grad_args, tags=c.tags, init_kwargs=init))
+        return out
+    return cases
+
+
+def _module_weighted_cases(r: Rand, hidden: bool):
+    out = []
+    for c in _weighted_cases(r, hidden):
+        logits, target, weight = c.args
+        if logits.dtype == torch.float64 and not hidden:
+            logits = logits.float()
+        out.append(Case(c.name.replace("float64", "float32") if not hidden else c.name, (logits, target), {},
+                        grad_args=(0,), tags=c.tags, init_kwargs={"class_weights": weight.float()}))
+    return out
+
+
+# =================================================================== outcome exercises
+def _robust_fit_cases(r: Rand, hidden: bool):
+    cases = []
+    for k, dtype in enumerate([torch.float32] + ([torch.float64, torch.float32] if hidden else [])):
+        n = 200
+        x = r.uniform(n, low=-3.0, high=3.0, dtype=dtype)
+        w, b = 2.0 - 0.5 * k, 1.0 + 0.5 * k
+        y = w * x + b + r.normal(n, dtype=dtype, scale=0.3)
+        outliers = (x > 1.0) & (r.uniform(n, dtype=dtype) < 0.3)
+        y = torch.where(outliers, y - r.uniform(n, low=8.0, high=15.0, dtype=dtype), y)
+        cases.append(Case(f"含 {int(outliers.sum())} 个离群点的数据（{str(dtype)[6:]}）", (x, y),
+                          init_kwargs={"w": w, "b": b}))
+    return cases
+
+
+def _ols(x, y):
+    xm, ym = x.mean(), y.mean()
+    w = ((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum()
+    return float(w), float(ym - w * xm)
+
+
+def _evaluate_robust_fit(ctx, solution, case):
+    args, _ = case.materialize(ctx.device)
+    out, _ = call_student(ctx, lambda: solution(*args))
+    if out is None:
+        raise CaseFailure("notimpl", "尚未实现：函数返回了 None。")
+    try:
+        w, b = (float(v) for v in out)
+    except Exception:
+        raise CaseFailure("fail", f"应返回 (w, b) 两个数，你的函数返回了 {type(out).__name__}。")
+    true_w, true_b = case.init_kwargs["w"], case.init_kwargs["b"]
+    ols_w, _ = _ols(*(a.double() for a in case.args))
+    if not (abs(w - true_w) <= 0.3 and abs(b - true_b) <= 0.5):
+        raise CaseFailure("fail", f"拟合结果 w={w:.3f}, b={b:.3f}，真实直线 w={true_w:g}, b={true_b:g}；"
+                          f"最小二乘（MSE）拟合的斜率是 {ols_w:.3f}。你的直线仍被离群点拉偏了。",
+                          "用你实现的 huber_loss（δ≈1）作损失，梯度下降足够多步（如 Adam，lr=0.1，300 步），"
+                          "并确认损失真的在下降。")
+
+
+def _imbalanced_data(r: Rand, n, dtype):
+    y = (r.uniform(n) < 0.05).long()
+    centers = torch.tensor([[0.0, 0.0], [1.8, 1.8]], dtype=dtype)
+    x = centers[y] + r.normal(n, 2, dtype=dtype)
+    return x, y
+
+
+def _imbalanced_cases(r: Rand, hidden: bool):
+    cases = []
+    for k in range(2 if hidden else 1):
+        x, y = _imbalanced_data(r, 1000, torch.float32)
+        x_test, y_test = _imbalanced_data(r, 4000, torch.float32)
+        cases.append(Case(f"训练集 1000 个样本，其中少数类 {int(y.sum())} 个", (x, y),
+                          init_kwargs={"x_test": x_test, "y_test": y_test}))
+    return cases
+
+
+def _evaluate_imbalanced(ctx, solution, case):
+    args, _ = case.materialize(ctx.device)
+    model, _ = call_student(ctx, lambda: solution(*args))
+    if model is None:
+        raise CaseFailure("notimpl", "尚未实现：函数返回了 None。")
+    if not callable(model):
+        raise CaseFailure("fail", f"应返回训练好的模型（可调用对象），你的函数返回了 {type(model).__name__}。")
+    x_test = case.init_kwargs["x_test"].to(ctx.device)
+    y_test = case.init_kwargs["y_test"]
+
+    def predict():
+        with torch.no_grad():
+            return model(x_test)
+    logits, _ = call_student(ctx, predict)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (len(y_test), 2):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise CaseFailure("fail", f"模型对 (N, 2) 特征应输出 (N, 2) 的 logits，实际得到 {shape}。")
+    pred = logits.argmax(dim=1).cpu()
+    minority = y_test == 1
+    recall = float((pred[minority] == 1).float().mean())
+    recall_major = float((pred[~minority] == 0).float().mean())
+    if recall < 0.7 or recall_major < 0.7:
+        raise CaseFailure("fail", f"测试集上少数类召回率 {recall:.1%}，多数类召回率 {recall_major:.1%}；"
+                          "要求两者都不低于 70%。",
+                          "普通交叉熵会几乎忽略少数类：用加权交叉熵（类别权重与类别频率成反比）训练；"
+                          "只带标量 α 的 Focal Loss 在这里往往不够，需要按类别设置 α_t 或同时使用类别权重。"
+                          if recall < 0.7 else "少数类的权重过大，模型把太多样本判成了少数类：减小权重。")
+
+
+# =================================================================== the registry
+def _f(*names):
+    return tuple(getattr(F, n) for n in names)
+
+
+def _mean_abs(p, t):
+    return (p - t).abs().mean()
+
+
+def _ce_rows(logits, target):
+    return -torch.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+
+
+def _onehot(logits, target):
+    return F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+
+
+_REGRESSION_CURVE = dict(xlabel=r"残差 $\hat{y} - y$", lo=-3.0, hi=3.0)
+_LOGIT_CURVE = dict(xlabel=r"logit $x$（目标 $y = 1$）", lo=-8.0, hi=8.0)
+
+
+def _residual_point(x):
+    return (x.reshape(1), torch.zeros(1, dtype=x.dtype, device=x.device)), {}
+
+
+def _logit_point(x):
+    return (x.reshape(1), torch.ones(1, dtype=x.dtype, device=x.device)), {}
+
+
+def _prob_point(x):
+    return (x.reshape(1), torch.ones(1, dtype=x.dtype, device=x.device)), {}
+
+
+def _huber_np(p, t, delta=1.0, half=True, shift=True, scale_linear=True):
+    r = (p - t).abs()
+    quad = (0.5 if half else 1.0) * r ** 2
+    lin = (delta if scale_linear else 1.0) * r - ((0.5 * delta ** 2) if shift else 0.0)
+    return torch.where(r <= delta, quad, lin).mean()
+
+
+_SUM_HINT = "你用了求和（sum）而不是平均（mean）：要除以元素个数 n。"
+
+_list = [
+    GradExercise("numerical_grad", "数值梯度（中心差分）", "numerical_gradient", "(f, x, eps=1e-6)", 2, "01_overview",
+                 ref.numerical_gradient, _numgrad_cases, forbidden=[AUTOGRAD], tol=(1e-6, 1e-9), time_limit=20.0,
+                 mistakes=[
+                     Mistake("你用的是前向差分 (f(x+ε) − f(x))/ε，误差是 O(ε)；中心差分 (f(x+ε) − f(x−ε))/(2ε) 的误差是 O(ε²)。",
+                             lambda f, x, eps=1e-6: _fd(f, x, eps, forward=True)),
+                     Mistake("中心差分的分母应是 2ε：你少除了 2。", lambda f, x, eps=1e-6: 2 * _fd(f, x, eps)),
+                     Mistake("分母多了一个 2（或步长用了 2ε）。", lambda f, x, eps=1e-6: 0.5 * _fd(f, x, eps)),
+                 ]),
+    Exercise("mse", "均方误差 MSE", "mse_loss", "(pred, target)", 1, "02_regression", ref.mse_loss,
+             _regression_cases(), forbidden=[Forbidden("F.mse_loss / nn.MSELoss", _f("mse_loss"))],
+             curve=Curve(ref.mse_loss, _residual_point, **_REGRESSION_CURVE),
+             mistakes=[Mistake("你计算的是平均绝对误差（MAE）：MSE 要对误差取平方。", _mean_abs),
+                       Mistake(_SUM_HINT, lambda p, t: ((p - t) ** 2).sum()),
+                       Mistake("你多开了一次平方根，得到的是 RMSE。", lambda p, t: ((p - t) ** 2).mean().sqrt()),
+                       Mistake("多乘了 1/2：MSE 是 (1/n)Σ(y − ŷ)²。", lambda p, t: 0.5 * ((p - t) ** 2).mean())]),
+    GradExercise("mse_grad", "MSE 的梯度", "mse_grad", "(pred, target)", 1, "02_regression", ref.mse_grad,
+                 _as_grad_cases(_regression_cases()), forbidden=[AUTOGRAD, Forbidden("F.mse_loss", _f("mse_loss"))],
+                 curve=Curve(ref.mse_grad, _residual_point, **_REGRESSION_CURVE),
+                 mistakes=[Mistake("梯度缺少 1/n：MSE 是平均，∂MSE/∂ŷᵢ = 2(ŷᵢ − yᵢ)/n（种子教程的 −2(y − ŷ) 漏掉了 1/n）。",
+                                   lambda p, t: 2 * (p - t)),
+                           Mistake("梯度的符号反了：∂MSE/∂ŷ = −2(y − ŷ)/n = 2(ŷ − y)/n。", lambda p, t: 2 * (t - p) / p.numel()),
+                           Mistake("少了系数 2：(ŷ − y)² 的导数是 2(ŷ − y)。", lambda p, t: (p - t) / p.numel())]),
+    Exercise("mae", "平均绝对误差 MAE", "mae_loss", "(pred, target)", 1, "02_regression", ref.mae_loss, _mae_cases,
+             forbidden=[Forbidden("F.l1_loss / nn.L1Loss", _f("l1_loss"))],
+             curve=Curve(ref.mae_loss, _residual_point, **_REGRESSION_CURVE),
+             mistakes=[Mistake("你的 MAE 实际计算的是平方误差（种子教程的代码片段正是这个错误）：MAE 取绝对值，不取平方。",
+                               lambda p, t: ((p - t) ** 2).mean()),
+                       Mistake(_SUM_HINT, lambda p, t: (p - t).abs().sum()),
+                       Mistake("你先求平均再取绝对值，正负误差相互抵消了：应先对每个元素取绝对值，再平均。",
+                               lambda p, t: (p - t).mean().abs())]),
+    GradExercise("mae_grad", "MAE 的（次）梯度", "mae_grad", "(pred, target)", 1, "02_regression", ref.mae_grad,
+                 _mae_grad_cases, forbidden=[AUTOGRAD, Forbidden("F.l1_loss", _f("l1_loss"))],
+                 curve=Curve(ref.mae_grad, _residual_point, **_REGRESSION_CURVE),
+                 mistakes=[Mistake("梯度缺少 1/n：∂MAE/∂ŷᵢ = sign(ŷᵢ − yᵢ)/n。", lambda p, t: torch.sign(p - t)),
+                           Mistake("梯度的符号反了：应为 sign(ŷ − y)/n。", lambda p, t: torch.sign(t - p) / p.numel()),
+                           Mistake("你计算的是 MSE 的梯度 2(ŷ − y)/n，MAE 的梯度只取符号。", lambda p, t: 2 * (p - t) / p.numel())]),
+    Exercise("huber", "Huber 损失", "huber_loss", "(pred, target, delta=1.0)", 1, "02_regression", ref.huber_loss,
+             _regression_cases("delta"),
+             forbidden=[Forbidden("F.huber_loss / F.smooth_l1_loss", _f("huber_loss", "smooth_l1_loss"))],
+             curve=Curve(ref.huber_loss, _residual_point, **_REGRESSION_CURVE),
+             mistakes=[Mistake("二次部分缺少 0.5：|r| ≤ δ 时应为 0.5·r²。", lambda p, t, delta=1.0: _huber_np(p, t, delta, half=False)),
+                       Mistake("线性部分缺少 −0.5·δ²：两段在 |r| = δ 处不连续。", lambda p, t, delta=1.0: _huber_np(p, t, delta, shift=False)),
+                       Mistake("线性部分没有乘以 δ：|r| > δ 时应为 δ·|r| − 0.5·δ²。",
+                               lambda p, t, delta=1.0: _huber_np(p, t, delta, scale_linear=False)),
+                       Mistake("你实现的是 Smooth L1（除以了 δ）：Huber 的二次部分是 0.5·r²，不除以 δ。",
+                               lambda p, t, delta=1.0: _huber_np(p, t, delta) / delta)]),
+    Exercise("smooth_l1", "Smooth L1 损失", "smooth_l1_loss", "(pred, target, beta=1.0)", 1, "02_regression",
+             ref.smooth_l1_loss, _regression_cases("beta"),
+             forbidden=[Forbidden("F.smooth_l1_loss / F.huber_loss", _f("smooth_l1_loss", "huber_loss"))],
+             curve=Curve(ref.smooth_l1_loss, _residual_point, **_REGRESSION_CURVE),
+             mistakes=[Mistake("你实现的是 Huber 损失（δ = β）：Smooth L1 = Huber / β，二次部分是 0.5·r²/β，线性部分是 |r| − 0.5·β。",
+                               lambda p, t, beta=1.0: _huber_np(p, t, beta)),
+                       Mistake("参数 β 被忽略了（相当于总用 β = 1）。", lambda p, t, beta=1.0: _huber_np(p, t, 1.0)),
+                       Mistake(_SUM_HINT, lambda p, t, beta=1.0: _huber_np(p, t, beta) / beta * p.numel())]),
+    Exercise("bce", "二元交叉熵 BCE", "binary_cross_entropy", "(probs, target)", 1, "03_classification",
+             ref.binary_cross_entropy, _bce_cases,
+             forbidden=[Forbidden("F.binary_cross_entropy / nn.BCELoss",
+                                  _f("binary_cross_entropy", "binary_cross_entropy_with_logits"))],
+             curve=Curve(ref.binary_cross_entropy, _prob_point, xlabel=r"预测概率 $\hat{y}$（目标 $y = 1$）", lo=0.01, hi=0.99),
+             mistakes=[Mistake("缺少负号：log 概率是负数，BCE 是它们的相反数。",
+                               lambda p, t: (t * torch.log(p) + (1 - t) * torch.log(1 - p)).mean()),
+                       Mistake(_SUM_HINT, lambda p, t: -(t * torch.log(p) + (1 - t) * torch.log(1 - p)).sum()),
+                       Mistake("只算了 y = 1 的一项：BCE = −[y·log ŷ + (1 − y)·log(1 − ŷ)]。", lambda p, t: -(t * torch.log(p)).mean())]),
+    Exercise("bce_logits", "带 logits 的 BCE（数值稳定）", "bce_with_logits", "(logits, target)", 2, "03_classification",
+             ref.bce_with_logits, _logit_cases,
+             forbidden=[Forbidden("F.binary_cross_entropy_with_logits / nn.BCEWithLogitsLoss",
+                                  _f("binary_cross_entropy_with_logits", "binary_cross_entropy"))],
+             curve=Curve(ref.bce_with_logits, _logit_point, **_LOGIT_CURVE),
+             mistakes=[Mistake("符号错误：稳定形式是 max(x, 0) − x·y + log(1 + exp(−|x|))。",
+                               lambda x, y: (x.clamp(min=0) + x * y + torch.log1p(torch.exp(-x.abs()))).mean()),
+                       Mistake("漏掉了 max(x, 0) 这一项。", lambda x, y: (-x * y + torch.log1p(torch.exp(-x.abs()))).mean()),
+                       Mistake(_SUM_HINT, lambda x, y: F.binary_cross_entropy_with_logits(x, y, reduction="sum"))]),
+    GradExercise("bce_logits_grad", "带 logits 的 BCE 的梯度", "bce_with_logits_grad", "(logits, target)", 1,
+                 "03_classification", ref.bce_with_logits_grad, _as_grad_cases(_logit_cases),
+                 forbidden=[AUTOGRAD, Forbidden("F.binary_cross_entropy_with_logits", _f("binary_cross_entropy_with_logits"))],
+                 curve=Curve(ref.bce_with_logits_grad, _logit_point, **_LOGIT_CURVE),
+                 mistakes=[Mistake("梯度缺少 1/n：(σ(x) − y)/n。", lambda x, y: torch.sigmoid(x) - y),
+                           Mistake("梯度的符号反了：应为 (σ(x) − y)/n。", lambda x, y: (y - torch.sigmoid(x)) / x.numel()),
+                           Mistake("多乘了 σ(x)(1 − σ(x))：对 logits 求导时它与 BCE 的分母相消了。",
+                                   lambda x, y: (torch.sigmoid(x) - y) * torch.sigmoid(x) * (1 - torch.sigmoid(x)) / x.numel())]),
+    Exercise("cross_entropy", "多分类交叉熵", "cross_entropy", "(logits, target)", 2, "03_classification",
+             ref.cross_entropy, _class_cases(),
+             forbidden=[Forbidden("F.cross_entropy / nn.CrossEntropyLoss", _f("cross_entropy")),
+                        Forbidden("F.nll_loss / nn.NLLLoss", _f("nll_loss"))],
+             mistakes=[Mistake(_SUM_HINT.replace("元素个数 n", "样本数 N"), lambda x, t: _ce_rows(x, t).sum()),
+                       Mistake("少了 log：交叉熵是 −log softmax(x)[y]，不是 −softmax(x)[y]。",
+                               lambda x, t: -torch.softmax(x, 1).gather(1, t.unsqueeze(1)).mean()),
+                       Mistake("softmax 应在类别维（dim=1）上计算，而不是样本维 dim=0。",
+                               lambda x, t: -torch.log_softmax(x, 0).gather(1, t.unsqueeze(1)).mean()),
+                       Mistake("除以了 N·C（元素总数），应只除以样本数 N。", lambda x, t: _ce_rows(x, t).sum() / x.numel())]),
+    GradExercise("cross_entropy_grad", "交叉熵对 logits 的梯度", "cross_entropy_grad", "(logits, target)", 1,
+                 "03_classification", ref.cross_entropy_grad, _as_grad_cases(_class_cases()),
+                 forbidden=[AUTOGRAD, Forbidden("F.cross_entropy", _f("cross_entropy"))],
+                 mistakes=[Mistake("梯度缺少 1/N：(softmax(x) − onehot(y))/N。",
+                                   lambda x, t: torch.softmax(x, 1) - F.one_hot(t, x.shape[1]).to(x.dtype)),
+                           Mistake("梯度的符号反了：应为 softmax(x) − onehot(y)。",
+                                   lambda x, t: (F.one_hot(t, x.shape[1]).to(x.dtype) - torch.softmax(x, 1)) / x.shape[0]),
+                           Mistake("除以了 N·C，应只除以样本数 N。",
+                                   lambda x, t: (torch.softmax(x, 1) - F.one_hot(t, x.shape[1]).to(x.dtype)) / x.numel())]),
+    Exercise("weighted_ce", "加权交叉熵", "weighted_cross_entropy", "(logits, target, weight)", 1, "03_classification",
+             ref.weighted_cross_entropy, _weighted_cases,
+             forbidden=[Forbidden("F.cross_entropy / nn.CrossEntropyLoss", _f("cross_entropy")),
+                        Forbidden("F.nll_loss", _f("nll_loss"))],
+             mistakes=[Mistake("加权交叉熵应除以目标类别权重之和 Σᵢ w_{yᵢ}，而不是 N。",
+                               lambda x, t, w: (w[t] * _ce_rows(x, t)).sum() / x.shape[0]),
+                       Mistake("权重没有起作用：你计算的是普通交叉熵。", lambda x, t, w: _ce_rows(x, t).mean()),
+                       Mistake("分母应是每个样本目标类别权重之和 Σᵢ w_{yᵢ}，而不是所有类别权重之和 Σ_c w_c。",
+                               lambda x, t, w: (w[t] * _ce_rows(x, t)).sum() / w.sum())]),
+    Exercise("label_smoothing_ce", "标签平滑交叉熵", "label_smoothing_cross_entropy", "(logits, target, smoothing=0.1)", 1,
+             "03_classification", ref.label_smoothing_cross_entropy,
+             _class_cases(extra_kw=[{"smoothing": 0.2}, {"smoothing": 0.0}], large=True),
+             forbidden=[Forbidden("F.cross_entropy(label_smoothing=...)", _f("cross_entropy"),
+                                  lambda kw: bool(kw.get("label_smoothing"))),
+                        Forbidden("F.nll_loss", _f("nll_loss"))],
+             mistakes=[Mistake("你把 ε 分给了其他 K − 1 个类别；本课程（与 PyTorch 一致）的目标是 (1 − ε)·onehot + ε/K，ε/K 分给全部 K 个类别。",
+                               lambda x, t, smoothing=0.1: _ls_km1(x, t, smoothing)),
+                       Mistake("平滑没有起作用：你计算的是普通交叉熵。", lambda x, t, smoothing=0.1: _ce_rows(x, t).mean()),
+                       Mistake("缺少均匀分布那一项 ε·(−Σ_k log p_k)/K。",
+                               lambda x, t, smoothing=0.1: ((1 - smoothing) * _ce_rows(x, t)).mean())]),
+    Exercise("focal", "Focal Loss（多分类）", "focal_loss", "(logits, target, alpha=1.0, gamma=2.0)", 2,
+             "03_classification", ref.focal_loss, _class_cases(extra_kw=[{"alpha": 0.25, "gamma": 1.0}, {"gamma": 0.0}]),
+             mistakes=[Mistake("调制因子应是 (1 − p_t)^γ，不是 p_t^γ：p_t 是真实类别的概率。",
+                               lambda x, t, alpha=1.0, gamma=2.0: (alpha * torch.exp(-_ce_rows(x, t)) ** gamma * _ce_rows(x, t)).mean()),
+                       Mistake("缺少调制因子 (1 − p_t)^γ：你计算的是 α·CE。",
+                               lambda x, t, alpha=1.0, gamma=2.0: (alpha * _ce_rows(x, t)).mean()),
+                       Mistake(_SUM_HINT.replace("元素个数 n", "样本数 N"),
+                               lambda x, t, alpha=1.0, gamma=2.0: ref.focal_loss.__wrapped_reference__(x, t, alpha, gamma) * x.shape[0]),
+                       Mistake("p_t 应取真实类别的概率，你用了最大概率。",
+                               lambda x, t, alpha=1.0, gamma=2.0: (alpha * (1 - torch.softmax(x, 1).max(1).values) ** gamma
+                                                                   * _ce_rows(x, t)).mean())]),
+    Exercise("sigmoid_focal", "Sigmoid Focal Loss（RetinaNet 形式）", "sigmoid_focal_loss",
+             "(logits, target, alpha=0.25, gamma=2.0)", 2, "03_classification", ref.sigmoid_focal_loss, _binary_focal_cases,
+             curve=Curve(ref.sigmoid_focal_loss, _logit_point, **_LOGIT_CURVE),
+             mistakes=[Mistake("α_t 反了：正样本（y = 1）乘 α，负样本乘 1 − α。",
+                               lambda x, y, alpha=0.25, gamma=2.0: _sfl(x, y, alpha, gamma, swap=True)),
+                       Mistake("alpha < 0 表示不使用 α_t 加权，你仍然乘了 α_t。",
+                               lambda x, y, alpha=0.25, gamma=2.0: _sfl(x, y, alpha, gamma, always_alpha=True)),
+                       Mistake("调制因子应使用 p_t（真实标签的概率）：(1 − p_t)^γ，你用了 (1 − p)^γ。",
+                               lambda x, y, alpha=0.25, gamma=2.0: _sfl(x, y, alpha, gamma, use_p=True)),
+                       Mistake(_SUM_HINT, lambda x, y, alpha=0.25, gamma=2.0: _sfl(x, y, alpha, gamma) * x.numel())]),
+    Exercise("contrastive", "对比损失", "contrastive_loss", "(x1, x2, label, margin=1.0)", 1, "04_other",
+             ref.contrastive_loss, _pair_cases, tol=(1e-4, 1e-5),
+             mistakes=[Mistake("标签约定反了：本课程（种子教程的公式）中 y = 0 表示相似，y = 1 表示不相似。",
+                               lambda a, b, y, margin=1.0: ref.contrastive_loss.__wrapped_reference__(a, b, 1 - y, margin)),
+                       Mistake("相似样本的项应是 d²，你用了 d。",
+                               lambda a, b, y, margin=1.0: ((1 - y) * (a - b).norm(dim=1)
+                                                            + y * (margin - (a - b).norm(dim=1)).clamp(min=0) ** 2).mean()),
+                       Mistake("缺少 max(0, margin − d)：距离已超过 margin 的不相似样本不应再产生损失。",
+                               lambda a, b, y, margin=1.0: ((1 - y) * (a - b).norm(dim=1) ** 2
+                                                            + y * (margin - (a - b).norm(dim=1)) ** 2).mean()),
+                       Mistake("d 应是欧氏距离（平方和再开方）：你把平方距离当成了 d。",
+                               lambda a, b, y, margin=1.0: ref.contrastive_loss.__wrapped_reference__(
+                                   ((a - b) ** 2).sum(1, keepdim=True), torch.zeros_like(a[:, :1]), y, margin))]),
+    Exercise("triplet", "三元组损失", "triplet_loss", "(anchor, positive, negative, margin=1.0)", 1, "04_other",
+             ref.triplet_loss, _triplet_cases, tol=(1e-4, 1e-5),
+             forbidden=[Forbidden("F.triplet_margin_loss / nn.TripletMarginLoss",
+                                  _f("triplet_margin_loss", "triplet_margin_with_distance_loss"))],
+             mistakes=[Mistake("缺少铰链 max(0, ·)：已经满足间隔的三元组不应产生（负的）损失。",
+                               lambda a, p, n, margin=1.0: ((a - p).norm(dim=1) - (a - n).norm(dim=1) + margin).mean()),
+                       Mistake("距离应是欧氏距离，你用了平方距离。",
+                               lambda a, p, n, margin=1.0: (((a - p) ** 2).sum(1) - ((a - n) ** 2).sum(1) + margin).clamp(min=0).mean()),
+                       Mistake("正负样本反了：应为 max(0, d(a, p) − d(a, n) + margin)。",
+                               lambda a, p, n, margin=1.0: ((a - n).norm(dim=1) - (a - p).norm(dim=1) + margin).clamp(min=0).mean())]),
+    Exercise("dice", "Dice 损失", "dice_loss", "(logits, target, smooth=1.0)", 2, "04_other", ref.dice_loss,
+             _segmentation_cases,
+             mistakes=[Mistake("忘了对 logits 做 softmax：Dice 作用在概率上。",
+                               lambda x, t, smooth=1.0: _dice(x, t, smooth, probs=False)),
+                       Mistake("缺少平滑项 s：分子 2Σpt + s，分母 Σp + Σt + s。", lambda x, t, smooth=1.0: _dice(x, t, 0.0)),
+                       Mistake("分子缺少系数 2：Dice = (2Σpt + s)/(Σp + Σt + s)。", lambda x, t, smooth=1.0: _dice(x, t, smooth, two=1.0)),
+                       Mistake("多分类应在类别维上用 softmax，而不是逐元素 sigmoid。",
+                               lambda x, t, smooth=1.0: _dice(x, t, smooth, sigmoid=True))]),
+    Exercise("iou", "IoU 损失（掩码）", "iou_loss", "(logits, target, smooth=1.0)", 1, "04_other", ref.iou_loss,
+             _segmentation_cases,
+             mistakes=[Mistake("并集忘了减去交集：|X ∪ Y| = Σp + Σt − I。", lambda x, t, smooth=1.0: _iou(x, t, smooth, subtract=False)),
+                       Mistake("你计算的是 Dice 损失，不是 IoU 损失。", lambda x, t, smooth=1.0: _dice(x, t, smooth)),
+                       Mistake("忘了对 logits 做 softmax。", lambda x, t, smooth=1.0: _iou(x, t, smooth, probs=False))]),
+    Exercise("box_iou", "边界框 IoU 损失", "box_iou_loss", "(pred_boxes, target_boxes)", 2, "04_other", ref.box_iou_loss,
+             _box_cases,
+             mistakes=[Mistake("并集忘了减去交集：union = area_p + area_t − inter。", lambda p, t: _biou(p, t, subtract=False)),
+                       Mistake("不相交的框交集的宽或高为负：需要 clamp(min=0)，否则 IoU 会出错。", lambda p, t: _biou(p, t, clamp=False)),
+                       Mistake("返回的是 IoU 的平均，损失应是 1 − IoU。", lambda p, t: 1 - _biou(p, t)),
+                       Mistake(_SUM_HINT.replace("元素个数 n", "框数 N"), lambda p, t: _biou(p, t) * p.shape[0])]),
+    Exercise("combined", "组合损失（CE + Dice）", "combined_loss", "(logits, target, alpha=0.5)", 1, "04_other",
+             ref.combined_loss, _class_cases(extra_kw=[{"alpha": 0.8}], large=False),
+             mistakes=[Mistake("α 的位置反了：α·CE + (1 − α)·Dice。",
+                               lambda x, t, alpha=0.5: ref.combined_loss.__wrapped_reference__(x, t, 1 - alpha)),
+                       Mistake("Dice 部分忘了对 logits 做 softmax。",
+                               lambda x, t, alpha=0.5: alpha * _ce_rows(x, t).mean() + (1 - alpha) * _dice(x, t, 1.0, probs=False)),
+                       Mistake("两部分没有按 α 加权：应为 α·CE + (1 − α)·Dice。",
+                               lambda x, t, alpha=0.5: _ce_rows(x, t).mean() + _dice(x, t, 1.0))]),
+    OutcomeExercise("robust_fit", "用 Huber 损失稳健地拟合直线", "fit_line_robust", "(x, y) -> (w, b)", 2, "05_selection",
+                    None, _robust_fit_cases, evaluate=_evaluate_robust_fit, time_limit=30.0),
+    OutcomeExercise("imbalanced_recall", "不平衡数据：提高少数类召回率", "train_imbalanced", "(x, y) -> model", 2,
+                    "05_selection", None, _imbalanced_cases, evaluate=_evaluate_imbalanced, time_limit=60.0),
+    Exercise("mae_api", "修正后的 MAE 代码片段（nn.L1Loss）", "mae_with_l1loss", "(pred, target)", 1, "06_code",
+             ref.mae_loss, _regression_cases(), required=("nn.L1Loss", _f("l1_loss")),
+             forbidden=[Forbidden("nn.MSELoss / F.mse_loss", _f("mse_loss"))],
+             mistakes=[Mistake("种子教程的错误：创建了 mae_loss = nn.L1Loss()，却调用了 mse_loss(pred, target)。应为 loss = mae_loss(pred, target)。",
+                               lambda p, t: ((p - t) ** 2).mean())]),
+    ModuleExercise("focal_module", "FocalLoss 模块", "FocalLoss", "(alpha=1, gamma=2)", 1, "06_code", ref.focal_loss,
+                   _module_cases(_class_cases(extra_kw=[{"alpha": 0.25, "gamma": 1.0}]), {}),
+                   mistakes=[Mistake("调制因子应是 (1 − p_t)^γ，不是 p_t^γ。",
+                                     lambda x, t, alpha=1.0, gamma=2.0: (alpha * torch.exp(-_ce_rows(x, t)) ** gamma * _ce_rows(x, t)).mean())]),
+    ModuleExercise("dice_module", "DiceLoss 模块（类别索引目标）", "DiceLoss", "(smooth=1.0)", 1, "06_code", ref.dice_loss,
+                   _module_cases(_segmentation_cases, {}),
+                   mistakes=[Mistake("忘了对 logits 做 softmax。", lambda x, t, smooth=1.0: _dice(x, t, smooth, probs=False))]),
+    ModuleExercise("combined_module", "CombinedLoss 模块（修正版）", "CombinedLoss", "(alpha=0.5)", 1, "06_code",
+                   ref.combined_loss, _module_cases(_class_cases(extra_kw=[{"alpha": 0.8}], large=False), {}),
+                   mistakes=[Mistake("α 的位置反了：α·CE + (1 − α)·Dice。",
+                                     lambda x, t, alpha=0.5: ref.combined_loss.__wrapped_reference__(x, t, 1 - alpha))]),
+    ModuleExercise("label_smoothing_module", "LabelSmoothingCrossEntropy 模块", "LabelSmoothingCrossEntropy",
+                   "(smoothing=0.1)", 1, "06_code", ref.label_smoothing_cross_entropy,
+                   _module_cases(_class_cases(extra_kw=[{"smoothing": 0.2}]), {}),
+                   forbidden=[Forbidden("F.cross_entropy(label_smoothing=...)", _f("cross_entropy"),
+                                        lambda kw: bool(kw.get("label_smoothing")))],
+                   mistakes=[Mistake("你把 ε 分给了其他 K − 1 个类别；应把 ε/K 分给全部 K 个类别。",
+                                     lambda x, t, smoothing=0.1: _ls_km1(x, t, smoothing))]),
+    ModuleExercise("weighted_ce_module", "类别权重随 logits 设备移动的加权交叉熵", "WeightedCrossEntropy",
+                   "(class_weights)", 1, "06_code",
+                   lambda logits, target, class_weights: ref.weighted_cross_entropy.__wrapped_reference__(
+                       logits, target, class_weights.to(logits.dtype)),
+                   _module_weighted_cases,
+                   mistakes=[Mistake("加权交叉熵应除以目标类别权重之和，而不是 N。",
+                                     lambda x, t, class_weights: (class_weights.to(x.dtype)[t] * _ce_rows(x, t)).sum() / x.shape[0])]),
+]
+
+
+def _fd(f, x, eps, forward=False):
+    work = x.detach().clone().contiguous()
+    flat = work.view(-1)
+    grad = torch.empty_like(flat)
+    base = float(f(work))
+    for i in range(flat.numel()):
+        old = flat[i].item()
+        flat[i] = old + eps
+        plus = float(f(work))
+        flat[i] = old - eps
+        minus = float(f(work))
+        flat[i] = old
+        grad[i] = (plus - base) / eps if forward else (plus - minus) / (2 * eps)
+    return grad.view(x.shape)
+
+
+def _ls_km1(x, t, eps):
+    log_p = torch.log_softmax(x, 1)
+    k = x.shape[1]
+    target = torch.full_like(log_p, eps / (k - 1))
+    target.scatter_(1, t.unsqueeze(1), 1 - eps)
+    return -(target * log_p).sum(1).mean()
+
+
+def _sfl(x, y, alpha, gamma, swap=False, always_alpha=False, use_p=False):
+    p = torch.sigmoid(x)
+    ce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+    p_t = p * y + (1 - p) * (1 - y)
+    loss = ce * (1 - (p if use_p else p_t)) ** gamma
+    if alpha >= 0 or always_alpha:
+        a_t = alpha * y + (1 - alpha) * (1 - y)
+        if swap:
+            a_t = (1 - alpha) * y + alpha * (1 - y)
+        loss = a_t * loss
+    return loss.mean()
+
+
+def _dice(x, t, smooth, probs=True, two=2.0, sigmoid=False):
+    p = torch.sigmoid(x) if sigmoid else (torch.softmax(x, 1) if probs else x)
+    oh = _onehot(x, t)
+    return 1 - (two * (p * oh).sum() + smooth) / (p.sum() + oh.sum() + smooth)
+
+
+def _iou(x, t, smooth, subtract=True, probs=True):
+    p = torch.softmax(x, 1) if probs else x
+    oh = _onehot(x, t)
+    inter = (p * oh).sum()
+    return 1 - (inter + smooth) / (p.sum() + oh.sum() - (inter if subtract else 0) + smooth)
+
+
+def _biou(p, t, subtract=True, clamp=True):
+    lt = torch.maximum(p[:, :2], t[:, :2])
+    rb = torch.minimum(p[:, 2:], t[:, 2:])
+    wh = (rb - lt).clamp(min=0) if clamp else (rb - lt)
+    inter = wh[:, 0] * wh[:, 1]
+    ap = (p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1])
+    at = (t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1])
+    return (1 - inter / (ap + at - (inter if subtract else 0))).mean()
+
+
+EXERCISES = {ex.id: ex for ex in _list}
