@@ -43,14 +43,14 @@ def generate(out_dir, assignments=None, root=ROOT):
         for name in COURSE_DIRS:
             shutil.copytree(os.path.join(root, name), os.path.join(tmp, name),
                             ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
-        for aid in assignments:
-            proc = subprocess.run(
-                [sys.executable, "-m", "nbgrader", "generate_assignment", aid, "--force",
-                 "--log-level=WARN"],
-                cwd=tmp, capture_output=True, text=True,
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"nbgrader generate_assignment {aid} failed:\n{proc.stdout}\n{proc.stderr}")
+        # One subprocess for all assignments (importing nbgrader takes seconds); it runs in
+        # the temporary course directory so that nbgrader_config.py and gradebook.db are its own.
+        proc = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--in-course-dir", tmp] + assignments,
+            cwd=tmp, capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"nbgrader generate_assignment failed:\n{proc.stdout}\n{proc.stderr}")
         for aid in assignments:
             src = os.path.join(tmp, "exercises", aid)
             dst = os.path.join(out_dir, aid)
@@ -62,6 +62,25 @@ def generate(out_dir, assignments=None, root=ROOT):
                     if f.endswith(".ipynb"):
                         _normalize(os.path.join(dirpath, f))
     return assignments
+
+
+def _generate_in_course_dir(course_dir, assignments):
+    """What ``nbgrader generate_assignment <id> --force`` does, for several ids in one process."""
+    from nbgrader.converters import GenerateAssignment
+    from nbgrader.coursedir import CourseDirectory
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=course_dir).load_config()
+    config.CourseDirectory.root = course_dir
+    for aid in assignments:
+        coursedir = CourseDirectory(config=config)
+        coursedir.assignment_id = aid
+        converter = GenerateAssignment(coursedir=coursedir, config=config)
+        converter.force = True
+        converter.start()
+        produced = os.path.join(course_dir, "exercises", aid)
+        if not os.path.isdir(produced):
+            raise RuntimeError(f"nbgrader produced nothing for {aid}")
 
 
 def _normalize(path):
@@ -114,6 +133,10 @@ def _notebook_diff(kept_path, fresh_path):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--in-course-dir"]:          # internal: the worker started by generate()
+        _generate_in_course_dir(argv[1], argv[2:])
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("assignments", nargs="*", help="assignment ids (default: all in solutions/)")
     parser.add_argument("--check", action="store_true",
