@@ -1,0 +1,142 @@
+"""``lossgrader``: the instructor's commands, one per step (see docs/instructor.md).
+
+    lossgrader generate [ASSIGNMENT...]     student notebooks -> exercises/, assignments -> gradebook
+    lossgrader collect DIR                  hand-ins -> submitted/<student>/<assignment>/
+    lossgrader autograde [ASSIGNMENT...]    run the tests of every submission (0 + reason when impossible)
+    lossgrader feedback [ASSIGNMENT...]     feedback/<student>/<assignment>/<assignment>.html
+    lossgrader export [--to grades.csv]     grades CSV (score, max_score, status, reason) and a table
+    lossgrader demo                         all of the above on the sample class in samples/submitted/
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+
+def _root(args):
+    from .pipeline import find_course_root
+
+    return find_course_root(args.course)
+
+
+def cmd_generate(args):
+    from .pipeline import assignments, register
+
+    root = _root(args)
+    ids = args.assignments or assignments(root)
+    script = os.path.join(root, "tools", "generate_exercises.py")
+    if not args.gradebook_only:
+        # the course's own generator (nbgrader generate_assignment in a clean copy, stamped URLs)
+        proc = subprocess.run([sys.executable, script] + list(args.assignments), cwd=root)
+        if proc.returncode != 0:
+            return proc.returncode
+    done = register(root, ids, force=True)
+    print("registered in gradebook.db:", " ".join(done) if done else "(nothing to do)")
+    return 0
+
+
+def cmd_collect(args):
+    from .pipeline import collect
+
+    root = _root(args)
+    copied = collect(root, args.source, args.assignment or None)
+    for student, aid in copied:
+        print(f"submitted/{student}/{aid}/")
+    print(f"{len(copied)} submissions copied")
+    return 0 if copied else 1
+
+
+def cmd_autograde(args):
+    from .pipeline import autograde, export, format_table
+
+    root = _root(args)
+    t0 = time.monotonic()
+    results = autograde(root, args.assignments or None, args.student or None,
+                        cell_timeout=args.cell_timeout, submission_timeout=args.timeout)
+    failed = sum(1 for e in results.values() if e["status"] == "failed")
+    print(f"autograded {len(results)} submissions in {time.monotonic() - t0:.1f} s"
+          + (f"; {failed} could not be autograded (0 points, reason in the export)" if failed else ""))
+    _, rows = export(root)
+    print(format_table(rows))
+    return 0
+
+
+def cmd_feedback(args):
+    from .pipeline import feedback
+
+    root = _root(args)
+    written = feedback(root, args.assignments or None, args.student or None)
+    print(f"{len(written)} feedback files under feedback/")
+    return 0
+
+
+def cmd_export(args):
+    from .pipeline import export, format_table
+
+    root = _root(args)
+    path, rows = export(root, args.to)
+    print(format_table(rows))
+    print(f"\nwritten: {path}")
+    return 0
+
+
+def cmd_demo(args):
+    from .pipeline import demo
+
+    root = _root(args)
+    print(demo(root, cell_timeout=args.cell_timeout))
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="lossgrader",
+        description="Instructor pipeline of the loss-functions course (nbgrader underneath).")
+    parser.add_argument("--course", help="course directory (default: the one holding nbgrader_config.py "
+                                         "at or above the current directory)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="generate exercises/ from solutions/ and register the assignments")
+    p.add_argument("assignments", nargs="*")
+    p.add_argument("--gradebook-only", action="store_true",
+                   help="only (re)register the assignments in gradebook.db, leave exercises/ as committed")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("collect", help="copy hand-ins from a folder into submitted/")
+    p.add_argument("source", help="folder with <student>/<assignment>/<assignment>.ipynb, "
+                                  "<student>/<assignment>.ipynb or <student>_<assignment>.ipynb")
+    p.add_argument("--assignment", action="append", help="only this assignment (repeatable)")
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("autograde", help="autograde the submissions in submitted/")
+    p.add_argument("assignments", nargs="*")
+    p.add_argument("--student", action="append", help="only this student (repeatable)")
+    p.add_argument("--cell-timeout", type=int, default=None,
+                   help="seconds per cell (default: nbgrader_config.py's Execute.timeout)")
+    p.add_argument("--timeout", type=float, default=900,
+                   help="seconds for one whole submission before its grader is killed (default 900)")
+    p.set_defaults(func=cmd_autograde)
+
+    p = sub.add_parser("feedback", help="write the HTML feedback of the autograded submissions")
+    p.add_argument("assignments", nargs="*")
+    p.add_argument("--student", action="append")
+    p.set_defaults(func=cmd_feedback)
+
+    p = sub.add_parser("export", help="write the grades CSV and print the grade table")
+    p.add_argument("--to", default=None, help="CSV path (default grades.csv in the course directory)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="grade the sample class in samples/submitted/ end to end")
+    p.add_argument("--cell-timeout", type=int, default=None)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
