@@ -141,24 +141,25 @@ def check_forbidden(ctx: Context, calls) -> None:
 
 
 def compare(got: torch.Tensor, expected: torch.Tensor, dtype, tol=None, subgrad=None):
-    """None when close enough, otherwise a Chinese description of the difference."""
+    """None when close enough, otherwise a Chinese description of the difference.
+    NaN and Inf never count as close."""
     rtol, atol = tol or TOLERANCES.get(dtype, TOLERANCES[torch.float32])
     g = got.detach().to("cpu", torch.float64)
     e = expected.detach().to("cpu", torch.float64)
     if g.shape != e.shape:
         return f"形状不对：应为 {tuple(e.shape)}，你的结果是 {tuple(g.shape)}"
-    scale = max(1.0, float(e.abs().max())) if e.numel() else 1.0
-    bad = ~((g - e).abs() <= atol * scale + rtol * e.abs())
-    if subgrad is not None:
-        lo = subgrad.lo.to(torch.float64)
-        hi = subgrad.hi.to(torch.float64)
-        in_range = (g >= lo - atol * scale - rtol * lo.abs()) & (g <= hi + atol * scale + rtol * hi.abs())
-        bad = torch.where(subgrad.mask, ~in_range, bad)
-    bad = bad | ~torch.isfinite(g)
-    if not bool(bad.any()):
-        return None
+    e_abs = e.abs()
+    scale = max(1.0, float(e_abs.max())) if e.numel() else 1.0
     diff = (g - e).abs()
-    diff[~torch.isfinite(diff)] = float("inf")
+    ok = diff <= atol * scale + rtol * e_abs          # False wherever g is NaN or Inf
+    if subgrad is not None:
+        slack = atol * scale
+        in_range = (g >= subgrad.lo - slack - rtol * subgrad.lo.abs()) & (g <= subgrad.hi + slack + rtol * subgrad.hi.abs())
+        ok = torch.where(subgrad.mask, in_range, ok)
+    if bool(ok.all()):
+        return None
+    bad = ~ok
+    diff = torch.where(torch.isfinite(diff), diff, torch.full_like(diff, float("inf")))
     flat = int(torch.argmax(torch.where(bad, diff, torch.full_like(diff, -1.0))))
     idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), g.shape)) if g.dim() else ()
     gv, ev = float(g.reshape(-1)[flat]), float(e.reshape(-1)[flat])
@@ -250,7 +251,7 @@ def check(exercise: str, solution, *, points: float = 1.0, device=None, seed=Non
         raise ValueError("points must be non-negative")
     started = time.perf_counter()
     ctx = Context(ex, device, ex.time_limit * (3 if hidden else 1))
-    with sandbox.capture_output() as captured, sandbox.guard_exits():
+    with sandbox.single_thread(), sandbox.capture_output() as captured, sandbox.guard_exits():
         problem = ex.validate_solution(solution)
         if problem is not None:
             results = [CaseResult("提交的对象", "", "notimpl" if solution is None else "fail", problem)]
@@ -259,7 +260,8 @@ def check(exercise: str, solution, *, points: float = 1.0, device=None, seed=Non
             results = run_cases(ctx, solution, cases, expectations)
     plot = None
     if any(not r.passed for r in results) and ex.curve is not None and problem is None:
-        plot = ex.curve.render(solution, device)  # its own sandbox; output already shown once
+        with sandbox.single_thread():
+            plot = ex.curve.render(solution, device)  # its own sandbox; output already shown once
     passed = sum(r.passed for r in results)
     score = round(points * passed / len(results), 4) if results else 0.0
     return Report(exercise=ex, points=points, score=score, results=results, captured=captured,

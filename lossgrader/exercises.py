@@ -110,10 +110,10 @@ class Exercise:
         dtype = case.float_dtype()
         check_tensor_result(out, (), dtype, ctx.device)
         check_unchanged(case.args, args)
-        if not bool(torch.isfinite(out.detach()).all()):
-            raise nonfinite_failure(case)
         diff = compare(out, value, dtype, self.tol)
         if diff:
+            if not bool(torch.isfinite(out.detach()).all()):
+                raise nonfinite_failure(case)
             raise CaseFailure("fail", f"{prefix}损失值不对：{diff}")
         if case.value_only or not case.grad_args:
             return
@@ -126,10 +126,10 @@ class Exercise:
         for k, (i, g, e) in enumerate(zip(case.grad_args, got, grads)):
             if g is None:
                 raise CaseFailure("fail", f"{prefix}梯度没有流回第 {i + 1} 个输入：它不在计算图中。", NOT_A_LOSS_HINT)
-            if not bool(torch.isfinite(g).all()):
-                raise nonfinite_failure(case, what=f"{prefix}对第 {i + 1} 个输入的梯度")
             diff = compare(g, e, dtype, self.tol, case.subgrad.get(i))
             if diff:
+                if not bool(torch.isfinite(g).all()):
+                    raise nonfinite_failure(case, what=f"{prefix}对第 {i + 1} 个输入的梯度")
                 raise CaseFailure("fail", f"{prefix}损失值正确，但对第 {i + 1} 个输入的梯度不对：{diff}", NOT_A_LOSS_HINT)
 
     def check_required(self, calls):
@@ -181,10 +181,10 @@ class GradExercise(Exercise):
         dtype = case.float_dtype()
         check_tensor_result(out, like.shape, dtype, ctx.device)
         check_unchanged(case.args, args)
-        if not bool(torch.isfinite(out.detach()).all()):
-            raise nonfinite_failure(case)
         diff = compare(out, value, dtype, self.tol, case.subgrad.get(0))
         if diff:
+            if not bool(torch.isfinite(out.detach()).all()):
+                raise nonfinite_failure(case)
             raise CaseFailure("fail", f"梯度值不对：{diff}")
 
 

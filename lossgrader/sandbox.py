@@ -79,6 +79,22 @@ def time_limit(seconds: float):
             set_async_exc(ctypes.c_ulong(target), None)
 
 
+# --------------------------------------------------------------------------- threads
+@contextlib.contextmanager
+def single_thread():
+    """Run torch's CPU kernels on one thread for the duration of a check. The graded
+    tensors are tiny: a parallel region costs more than it saves, and far more (tens of
+    milliseconds per op) when the machine is busy, e.g. autograding a class."""
+    previous = torch.get_num_threads()
+    if previous != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if previous != 1:
+            torch.set_num_threads(previous)
+
+
 # --------------------------------------------------------------------------- output
 @dataclass
 class Captured:
