@@ -31,6 +31,7 @@ class Wrong:
     expect: str                  # substring of str(report) or report._repr_html_()
     hidden: bool = False         # grade with the hidden cases as well
     why: str = ""                # what the student did wrong
+    must_not: tuple = ()         # substrings that would mislead the student here
 
     @property
     def id(self) -> str:
@@ -41,9 +42,9 @@ WRONG: list = []
 PASS_ON_CPU: list = []
 
 
-def wrong(exercise, expect, *, name=None, hidden=False, why=""):
+def wrong(exercise, expect, *, name=None, hidden=False, why="", must_not=()):
     def register(impl):
-        WRONG.append(Wrong(exercise, name or impl.__name__, impl, expect, hidden, why))
+        WRONG.append(Wrong(exercise, name or impl.__name__, impl, expect, hidden, why, tuple(must_not)))
         return impl
     return register
 
@@ -57,7 +58,7 @@ RESHAPE = "reshape"
 WRONG_VALUE = "损失值不对"
 INPLACE = "原地修改"
 PARAMETER = "可训练参数"
-EXCEPTION = "异常"
+ONE_HOT = "one-hot"           # class-index targets must become one-hot for Dice
 
 
 def _log_softmax_naive(x):
@@ -189,7 +190,7 @@ def mse_view(pred, target):
 
 
 # =========================================================================== mse_grad
-@wrong("mse_grad", "1/n", why="the seed's -2(y - y_hat): no 1/n")
+@wrong("mse_grad", "缺少 1/n", why="the seed's -2(y - y_hat): no 1/n")
 def mse_grad_seed(pred, target):
     return -2 * (target - pred)
 
@@ -206,7 +207,7 @@ def mse_grad_autograd(pred, target):
     return p.grad
 
 
-@wrong("mse_grad", "1/n", why="divides by the number of rows only")
+@wrong("mse_grad", "梯度值不对", why="divides by the number of rows only (right for 1-d inputs only)")
 def mse_grad_rows(pred, target):
     return 2 * (pred - target) / pred.shape[0]
 
@@ -241,7 +242,7 @@ def mae_sqrt(pred, target):
 
 
 # =========================================================================== mae_grad
-@wrong("mae_grad", "1/n", why="no 1/n")
+@wrong("mae_grad", "缺少 1/n", why="no 1/n")
 def mae_grad_no_n(pred, target):
     return torch.sign(pred - target)
 
@@ -332,7 +333,8 @@ def bce_functional(probs, target):
     return F.binary_cross_entropy(probs, target)
 
 
-@wrong("bce", "NaN 或 Inf", why="log(0) unclamped: 0 * -inf = NaN")
+@wrong("bce", "NaN 或 Inf", why="log(0) unclamped: 0 * -inf = NaN",
+       must_not=("大 logits",))  # BCE takes probabilities: the fix is clamping log at -100
 def bce_unclamped(probs, target):
     return -(target * torch.log(probs) + (1 - target) * torch.log(1 - probs)).mean()
 
@@ -371,7 +373,7 @@ def bce_logits_functional(logits, target):
 
 
 # =========================================================================== bce_logits_grad
-@wrong("bce_logits_grad", "1/n", why="no 1/n")
+@wrong("bce_logits_grad", "缺少 1/n", why="no 1/n")
 def bce_logits_grad_no_n(logits, target):
     return torch.sigmoid(logits) - target
 
@@ -428,7 +430,7 @@ def ce_dim0(logits, target):
 
 
 # =========================================================================== cross_entropy_grad
-@wrong("cross_entropy_grad", "1/N", why="no 1/N")
+@wrong("cross_entropy_grad", "缺少 1/N", why="no 1/N")
 def ce_grad_no_n(logits, target):
     return torch.softmax(logits, dim=1) - F.one_hot(target, logits.shape[1]).to(logits.dtype)
 
@@ -658,7 +660,7 @@ def triplet_functional(anchor, positive, negative, margin=1.0):
 
 
 # =========================================================================== dice
-@wrong("dice", "softmax", why="Dice on raw logits")
+@wrong("dice", "忘了对 logits 做 softmax", why="Dice on raw logits")
 def dice_no_softmax(logits, target, smooth=1.0):
     onehot = _onehot(logits, target)
     inter = (logits * onehot).sum()
@@ -679,7 +681,7 @@ def dice_no_two(logits, target, smooth=1.0):
     return 1 - ((p * onehot).sum() + smooth) / (p.sum() + onehot.sum() + smooth)
 
 
-@wrong("dice", "sigmoid", why="element-wise sigmoid instead of softmax over classes")
+@wrong("dice", "逐元素 sigmoid", why="element-wise sigmoid instead of softmax over classes")
 def dice_sigmoid(logits, target, smooth=1.0):
     p = torch.sigmoid(logits)
     onehot = _onehot(logits, target)
@@ -703,7 +705,7 @@ def iou_union_no_subtract(logits, target, smooth=1.0):
     return 1 - (inter + smooth) / (p.sum() + onehot.sum() + smooth)
 
 
-@wrong("iou", "Dice", why="computes Dice")
+@wrong("iou", "你计算的是 Dice 损失", why="computes Dice")
 def iou_is_dice(logits, target, smooth=1.0):
     p = torch.softmax(logits, dim=1)
     onehot = _onehot(logits, target)
@@ -711,7 +713,7 @@ def iou_is_dice(logits, target, smooth=1.0):
     return 1 - (2 * inter + smooth) / (p.sum() + onehot.sum() + smooth)
 
 
-@wrong("iou", "softmax", why="IoU on raw logits")
+@wrong("iou", "忘了对 logits 做 softmax", why="IoU on raw logits")
 def iou_no_softmax(logits, target, smooth=1.0):
     onehot = _onehot(logits, target)
     inter = (logits * onehot).sum()
@@ -773,7 +775,7 @@ def combined_alpha_swapped(logits, target, alpha=0.5):
     return (1 - alpha) * _nll(logits, target).mean() + alpha * _dice_probs(logits, target)
 
 
-@wrong("combined", "softmax", why="Dice part on raw logits")
+@wrong("combined", "忘了对 logits 做 softmax", why="Dice part on raw logits")
 def combined_dice_no_softmax(logits, target, alpha=0.5):
     return alpha * _nll(logits, target).mean() + (1 - alpha) * _dice_probs(logits, target, softmax=False)
 
@@ -783,7 +785,7 @@ def combined_unweighted(logits, target, alpha=0.5):
     return _nll(logits, target).mean() + _dice_probs(logits, target)
 
 
-@wrong("combined", EXCEPTION, why="the seed's bug: class indices fed to a Dice that needs one-hot")
+@wrong("combined", ONE_HOT, why="the seed's bug: class indices fed to a Dice that needs one-hot")
 def combined_seed_indices(logits, target, alpha=0.5):
     ce = _nll(logits, target).mean()
     p = torch.softmax(logits, dim=1)
@@ -949,7 +951,7 @@ class FocalLossNoSuper(nn.Module):
 
 
 # =========================================================================== dice_module
-@wrong("dice_module", "softmax", name="DiceLoss-no-softmax", why="Dice on raw logits")
+@wrong("dice_module", "忘了对 logits 做 softmax", name="DiceLoss-no-softmax", why="Dice on raw logits")
 class DiceLossNoSoftmax(nn.Module):
     def __init__(self, smooth=1.0):
         super().__init__()
@@ -977,7 +979,7 @@ class DiceLossView(nn.Module):
         return 1 - (2 * inter + self.smooth) / (inputs_flat.sum() + targets_flat.sum() + self.smooth)
 
 
-@wrong("dice_module", EXCEPTION, name="DiceLoss-seed-indices", why="the seed's DiceLoss: class indices, no one-hot")
+@wrong("dice_module", ONE_HOT, name="DiceLoss-seed-indices", why="the seed's DiceLoss: class indices, no one-hot")
 class DiceLossIndices(nn.Module):
     def __init__(self, smooth=1.0):
         super().__init__()
@@ -1032,7 +1034,7 @@ class _SeedDice(nn.Module):
         return 1 - (2. * intersection + smooth) / (inputs_flat.sum() + targets_flat.sum() + smooth)
 
 
-@wrong("combined_module", EXCEPTION, name="CombinedLoss-seed", why="the seed's CombinedLoss verbatim")
+@wrong("combined_module", ONE_HOT, name="CombinedLoss-seed", why="the seed's CombinedLoss verbatim")
 class CombinedLossSeed(nn.Module):
     def __init__(self, alpha=0.5):
         super().__init__()
