@@ -204,6 +204,10 @@ def check_unchanged(case_args, args) -> None:
 
 
 def nonfinite_failure(case: Case, what="返回值") -> CaseFailure:
+    if "prob01" in case.tags:
+        return CaseFailure("fail", f"{what}含有 NaN 或 Inf：概率恰为 0 或 1 时 log(0) = −∞，而 0·(−∞) = NaN。",
+                           "像 PyTorch 一样把每个 log 截断在 −100：torch.clamp(torch.log(p), min=-100)，"
+                           "对 log(1 − p) 也一样。")
     if "large" in case.tags:
         return CaseFailure("fail", f"{what}含有 NaN 或 Inf：数值不稳定（本用例的输入数值很大或概率接近 0/1）。",
                            "对大 logits 直接求 exp 会溢出：使用 log-sum-exp 技巧（先减去最大值），或 log1p(exp(-|x|)) 这样的稳定形式。")

@@ -312,7 +312,7 @@ def _bce_cases(r: Rand, hidden: bool):
     target = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
     probs = torch.tensor([0.0, 1.0, 1.0, 0.0, 1e-30, 1 - 1e-7])
     cases.append(Case("概率恰为 0 和 1（PyTorch 将 log 截断在 −100，只评分损失值）", (probs, target),
-                      value_only=True, tags=frozenset({"large"})))
+                      value_only=True, tags=frozenset({"prob01"})))
     cases.append(Case("软标签（目标在 0 和 1 之间）", (r.uniform(6, low=0.05, high=0.95), r.uniform(6)), grad_args=(0,)))
     return cases
 
