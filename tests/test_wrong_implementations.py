@@ -13,11 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lossgrader import EXERCISES, check
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import good, wrong  # noqa: E402
+
 
 def _params():
     for w in wrong.WRONG:
@@ -78,7 +80,7 @@ def test_gpu_only_mistake_passes_on_cpu(exercise, impl, capfd):
     assert err == ""
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("exercise,impl", wrong.PASS_ON_CPU, ids=[e for e, _ in wrong.PASS_ON_CPU])
 def test_gpu_only_mistake_fails_on_cuda(exercise, impl, capfd):
     ex = EXERCISES[exercise]

@@ -13,7 +13,7 @@ only on a GPU and must therefore get full marks on the CPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
