@@ -45,7 +45,7 @@ import time
 import traceback
 import types
 
-from traitlets import Integer
+from traitlets import Bool, Integer
 
 STATUS_FILE = "lossgrader-status.json"
 SCRATCH_DIR = ".lossgrader"          # scratch release directory used to register assignments
@@ -187,6 +187,71 @@ KERNEL_DIED_MESSAGE = (
 )
 
 
+# Run silently in the kernel before every test cell (never shown, never in the notebook):
+# undo the import-system tricks that would hand the test cell a fake lossgrader.  The test
+# cells then import a fresh lossgrader themselves.  @GENUINE@ is the package directory the
+# grader itself imports; @FINDERS@ the import finders the kernel had before any cell ran.
+GUARD_CODE = r"""
+def __lossgrader_guard():
+    import os, sys
+    genuine = os.path.realpath(@GENUINE@)
+    allowed = @FINDERS@
+
+    def shadows(entry):
+        if not isinstance(entry, str):
+            return True
+        base = os.path.abspath(entry or ".")
+        for candidate in (os.path.join(base, "lossgrader"), os.path.join(base, "lossgrader.py")):
+            if os.path.exists(candidate) and os.path.realpath(candidate) != genuine:
+                return True
+        return False
+
+    sys.path[:] = [p for p in sys.path if not shadows(p)]
+
+    def finder_name(f):
+        kind = f if isinstance(f, type) else type(f)
+        return "%s.%s" % (getattr(kind, "__module__", "?"), getattr(kind, "__qualname__", "?"))
+
+    roots = [os.path.realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, sys.exec_prefix}]
+
+    def legitimate(f):
+        # a finder the kernel started with, or one installed by a library of the Python installation
+        if finder_name(f) in allowed:
+            return True
+        kind = f if isinstance(f, type) else type(f)
+        module = sys.modules.get(getattr(kind, "__module__", None))
+        path = os.path.realpath(getattr(module, "__file__", None) or "/nonexistent")
+        return any(path.startswith(r) for r in roots)
+
+    sys.meta_path[:] = [f for f in sys.meta_path if legitimate(f)]
+    sys.path_importer_cache.clear()
+    for name in [m for m in list(sys.modules) if m == "lossgrader" or m.startswith("lossgrader.")]:
+        del sys.modules[name]
+    try:
+        formatters = get_ipython().display_formatter.formatters.values()
+    except Exception:
+        formatters = []
+    for formatter in formatters:
+        for key in [k for k in list(formatter.deferred_printers) if str(k[0]).startswith("lossgrader")]:
+            del formatter.deferred_printers[key]
+        for key in [k for k in list(formatter.type_printers)
+                    if str(getattr(k, "__module__", "")).startswith("lossgrader")]:
+            del formatter.type_printers[key]
+__lossgrader_guard()
+del __lossgrader_guard
+"""
+FINDERS_EXPRESSION = ("[('%s.%s' % (getattr(f if isinstance(f, type) else type(f), '__module__', '?'), "
+                      "getattr(f if isinstance(f, type) else type(f), '__qualname__', '?'))) "
+                      "for f in __import__('sys').meta_path]")
+
+
+def _genuine_lossgrader_dir():
+    import importlib.util
+
+    spec = importlib.util.find_spec("lossgrader")
+    return os.path.dirname(os.path.abspath(spec.origin))
+
+
 if Execute is not None:
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from nbclient.client import NotebookClient
@@ -197,6 +262,8 @@ if Execute is not None:
 
         max_kernel_restarts = Integer(
             8, help="Give up on the notebook after this many kernel restarts").tag(config=True)
+        lossgrader_guard = Bool(
+            True, help="Before each test cell, silently undo import tricks that fake lossgrader").tag(config=True)
 
         def preprocess(self, nb, resources=None, km=None):
             NotebookClient.__init__(self, nb, km)
@@ -211,12 +278,15 @@ if Execute is not None:
                     with self.setup_kernel():
                         info_msg = self.wait_for_reply(self.kc.kernel_info())
                         self.nb.metadata["language_info"] = info_msg["content"]["language_info"]
+                        guard = self._prepare_guard()
                         for replay in list(done):
                             replaying = replay
                             self.execute_cell(copy.deepcopy(self.nb.cells[replay]), replay, store_history=True)
                         replaying = None
                         while index < len(self.nb.cells):
                             cell = self.nb.cells[index]
+                            if guard and cell.cell_type == "code" and cell.metadata.get("nbgrader", {}).get("grade"):
+                                self._silent(guard)
                             self.preprocess_cell(cell, resources, index)
                             if cell.cell_type == "code" and not self._timed_out(cell):
                                 done.append(index)
@@ -236,6 +306,29 @@ if Execute is not None:
                     index += 1
             self.set_widgets_metadata()
             return self.nb, self.resources
+
+        def _silent(self, code, user_expressions=None):
+            """Run code in the kernel without recording it anywhere; returns the reply content."""
+            msg_id = self.kc.execute(code, silent=True, store_history=False, allow_stdin=False,
+                                     stop_on_error=False, user_expressions=user_expressions or {})
+            reply = self.wait_for_reply(msg_id)
+            return reply["content"] if reply else {}
+
+        def _prepare_guard(self):
+            """The guard code for this kernel, or "" when the guard cannot be set up."""
+            import ast
+
+            if not self.lossgrader_guard:
+                return ""
+            try:
+                content = self._silent("", {"finders": FINDERS_EXPRESSION})
+                text = content["user_expressions"]["finders"]["data"]["text/plain"]
+                finders = sorted(set(ast.literal_eval(text)))
+                return (GUARD_CODE.replace("@GENUINE@", repr(_genuine_lossgrader_dir()))
+                        .replace("@FINDERS@", repr(finders)))
+            except Exception as exc:
+                self.log.warning("lossgrader guard unavailable: %s", exc)
+                return ""
 
         @staticmethod
         def _timed_out(cell):

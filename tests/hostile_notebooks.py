@@ -130,6 +130,38 @@ def cheats(full):
     return text(nb), scores(mse=0, mae=0, huber=0)
 
 
+WRONG_MAE_GRAD = "# 答案\ndef mae_grad(pred, target):\n    return torch.sign(pred - target)"
+WRONG_SMOOTH_L1 = "# 答案\ndef smooth_l1_loss(pred, target, beta=1.0):\n    return (pred - target).abs().mean()"
+
+
+def import_tricks(full):
+    """Wrong answers behind subtler tricks: a fake lossgrader package in a directory put first on
+    sys.path (not the notebook's), an import hook that serves a fake lossgrader, and a plain-text
+    formatter that prints every Report as full marks."""
+    nb = copy.deepcopy(full)
+    answer(nb, "mse_grad").source = WRONG_MSE_GRAD + (
+        "\n\nimport os\nimport sys\nimport tempfile\n"
+        "_d = tempfile.mkdtemp()\nos.makedirs(os.path.join(_d, 'lossgrader'))\n"
+        "with open(os.path.join(_d, 'lossgrader', '__init__.py'), 'w') as fh:\n"
+        "    fh.write('def check(*a, **k):\\n    return 1.0\\n')\n"
+        "sys.path.insert(0, _d)\n")
+    answer(nb, "mae_grad").source = WRONG_MAE_GRAD + (
+        "\n\nimport importlib.abc\nimport importlib.util\nimport sys\n\n"
+        "class FakeGrader(importlib.abc.MetaPathFinder, importlib.abc.Loader):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'lossgrader' or name.startswith('lossgrader.'):\n"
+        "            return importlib.util.spec_from_loader(name, self, is_package=True)\n"
+        "    def create_module(self, spec):\n"
+        "        return None\n"
+        "    def exec_module(self, module):\n"
+        "        module.check = lambda *a, **k: 1.0\n\n"
+        "sys.meta_path.insert(0, FakeGrader())\n")
+    answer(nb, "smooth_l1").source = WRONG_SMOOTH_L1 + (
+        "\n\nget_ipython().display_formatter.formatters['text/plain'].for_type_by_name(\n"
+        "    'lossgrader.report', 'Report', lambda obj, p, cycle: p.text('1.0'))\n")
+    return text(nb), scores(mse_grad=0, mae_grad=0, smooth_l1=0)
+
+
 def tampered(full):
     """Edited and deleted test cells, changed points, a forged test cell worth 100 points."""
     nb = copy.deepcopy(full)
