@@ -85,8 +85,13 @@ def describe_exception(exc: BaseException) -> str:
     return f"你的代码抛出了异常 {text}"
 
 
-def exception_hint(exc: BaseException) -> Optional[str]:
+def exception_hint(exc: BaseException, exercise=None) -> Optional[str]:
     msg = str(exc)
+    for needle, hint in getattr(exercise, "error_hints", ()):
+        if needle in msg:
+            return hint
+    if "_parameters" in msg or "before Module.__init__() call" in msg:
+        return "nn.Module 的子类必须在 __init__ 的第一行调用 super().__init__()。"
     if "view size is not compatible" in msg:
         return "输入张量不连续（例如转置后的张量）时 .view() 会失败：请改用 .reshape()。"
     if "leaf Variable that requires grad" in msg or "a view of a leaf Variable" in msg:
@@ -128,7 +133,7 @@ def call_student(ctx: Context, thunk, spy: bool = True):
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # any failure of the student's code is feedback, not a crash
-        raise CaseFailure("error", describe_exception(exc), exception_hint(exc)) from None
+        raise CaseFailure("error", describe_exception(exc), exception_hint(exc, ctx.exercise)) from None
     return result, (recorder.calls if spy else [])
 
 
@@ -136,6 +141,8 @@ def check_forbidden(ctx: Context, calls) -> None:
     for func, kwargs in calls:
         for rule in ctx.exercise.forbidden:
             if rule.matches(func, kwargs):
+                if rule.message:
+                    raise CaseFailure("forbidden", rule.message)
                 raise CaseFailure("forbidden", f"本练习要求你自己实现，不允许调用 <code>{rule.name}</code>。",
                                   "只用基本的张量运算（加减乘除、exp、log、sum、mean 等）实现公式。")
 
@@ -265,11 +272,11 @@ def check(exercise: str, solution, *, points: float = 1.0, device=None, seed=Non
     plot = None
     if any(not r.passed for r in results) and ex.curve is not None and problem is None:
         with sandbox.single_thread():
-            plot = ex.curve.render(solution, device)  # its own sandbox; output already shown once
+            plot = ex.curve.evaluate(solution, device)
     passed = sum(r.passed for r in results)
     score = round(points * passed / len(results), 4) if results else 0.0
     return Report(exercise=ex, points=points, score=score, results=results, captured=captured,
-                  plot_png=plot, device=str(device), hidden=hidden, seconds=time.perf_counter() - started)
+                  plot=plot, device=str(device), hidden=hidden, seconds=time.perf_counter() - started)
 
 
 def signature_of(obj) -> str:

@@ -27,6 +27,7 @@ class Forbidden:
     name: str                       # as shown to the student, e.g. "F.mse_loss"
     funcs: tuple
     when: Optional[Callable[[dict], bool]] = None
+    message: Optional[str] = None   # replaces the default "write it yourself" message
 
     def matches(self, func, kwargs) -> bool:
         return func in self.funcs and (self.when is None or self.when(kwargs))
@@ -43,11 +44,16 @@ AUTOGRAD = Forbidden("自动求导（.backward() / torch.autograd.grad）", (tor
 NOT_A_LOSS_HINT = "检查是否在计算中用了 .detach()、.item()、.data 或不可导的运算（如 round、argmax）。"
 
 
+ONEHOT_HINT = ("目标是类别索引，形状 (N, *)：先把它转成与 logits 同形状 (N, C, *) 的 one-hot，"
+               "例如 F.one_hot(target, C).movedim(-1, 1).to(probs.dtype)（种子教程的 CombinedLoss 正是漏了这一步）。")
+
+
 class Exercise:
     kind = "loss"
 
     def __init__(self, id, title, func_name, signature, points, assignment, reference, make_cases, *,
-                 forbidden=(), mistakes=(), curve=None, tol=None, time_limit=10.0, required=None):
+                 forbidden=(), mistakes=(), curve=None, tol=None, time_limit=10.0, required=None,
+                 error_hints=()):
         self.id = id
         self.title = title
         self.func_name = func_name
@@ -62,6 +68,7 @@ class Exercise:
         self.tol = tol
         self.time_limit = time_limit
         self.required = required
+        self.error_hints = tuple(error_hints)   # (substring of an exception message, hint)
         self._cache = {}
 
     def __repr__(self):
@@ -210,7 +217,7 @@ class ModuleExercise(Exercise):
         if not isinstance(module, nn.Module):
             raise CaseFailure("fail", f"{self.func_name}(...) 没有得到 nn.Module 实例。",
                               "记得在 __init__ 中调用 super().__init__()。")
-        params = [name for name, _ in module.named_parameters()]
+        params, _ = call_student(ctx, lambda: [name for name, _ in module.named_parameters()], spy=False)
         if params:
             raise CaseFailure("fail", f"模块含有可训练参数 {', '.join(params)}：损失函数不应有参数，否则优化器会去“训练”它们。",
                               "固定的张量（如类别权重）请用 self.register_buffer(...) 注册，或保存为普通属性。")
@@ -630,8 +637,8 @@ def _onehot(logits, target):
     return F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
 
 
-_REGRESSION_CURVE = dict(xlabel=r"残差 $\hat{y} - y$", lo=-3.0, hi=3.0)
-_LOGIT_CURVE = dict(xlabel=r"logit $x$（目标 $y = 1$）", lo=-8.0, hi=8.0)
+_REGRESSION_CURVE = dict(xlabel="残差 ŷ − y", lo=-3.0, hi=3.0)
+_LOGIT_CURVE = dict(xlabel="logit x（目标 y = 1）", lo=-8.0, hi=8.0)
 
 
 def _residual_point(x):
@@ -714,7 +721,7 @@ _list = [
              ref.binary_cross_entropy, _bce_cases,
              forbidden=[Forbidden("F.binary_cross_entropy / nn.BCELoss",
                                   _f("binary_cross_entropy", "binary_cross_entropy_with_logits"))],
-             curve=Curve(ref.binary_cross_entropy, _prob_point, xlabel=r"预测概率 $\hat{y}$（目标 $y = 1$）", lo=0.01, hi=0.99),
+             curve=Curve(ref.binary_cross_entropy, _prob_point, xlabel="预测概率 ŷ（目标 y = 1）", lo=0.01, hi=0.99),
              mistakes=[Mistake("缺少负号：log 概率是负数，BCE 是它们的相反数。",
                                lambda p, t: (t * torch.log(p) + (1 - t) * torch.log(1 - p)).mean()),
                        Mistake(_SUM_HINT, lambda p, t: -(t * torch.log(p) + (1 - t) * torch.log(1 - p)).sum()),
@@ -821,6 +828,7 @@ _list = [
                                lambda a, p, n, margin=1.0: ((a - n).norm(dim=1) - (a - p).norm(dim=1) + margin).clamp(min=0).mean())]),
     Exercise("dice", "Dice 损失", "dice_loss", "(logits, target, smooth=1.0)", 2, "04_other", ref.dice_loss,
              _segmentation_cases,
+             error_hints=[("The size of tensor a", ONEHOT_HINT)],
              mistakes=[Mistake("忘了对 logits 做 softmax：Dice 作用在概率上。",
                                lambda x, t, smooth=1.0: _dice(x, t, smooth, probs=False)),
                        Mistake("缺少平滑项 s：分子 2Σpt + s，分母 Σp + Σt + s。", lambda x, t, smooth=1.0: _dice(x, t, 0.0)),
@@ -829,6 +837,7 @@ _list = [
                                lambda x, t, smooth=1.0: _dice(x, t, smooth, sigmoid=True))]),
     Exercise("iou", "IoU 损失（掩码）", "iou_loss", "(logits, target, smooth=1.0)", 1, "04_other", ref.iou_loss,
              _segmentation_cases,
+             error_hints=[("The size of tensor a", ONEHOT_HINT)],
              mistakes=[Mistake("并集忘了减去交集：|X ∪ Y| = Σp + Σt − I。", lambda x, t, smooth=1.0: _iou(x, t, smooth, subtract=False)),
                        Mistake("你计算的是 Dice 损失，不是 IoU 损失。", lambda x, t, smooth=1.0: _dice(x, t, smooth)),
                        Mistake("忘了对 logits 做 softmax。", lambda x, t, smooth=1.0: _iou(x, t, smooth, probs=False))]),
@@ -840,6 +849,7 @@ _list = [
                        Mistake(_SUM_HINT.replace("元素个数 n", "框数 N"), lambda p, t: _biou(p, t) * p.shape[0])]),
     Exercise("combined", "组合损失（CE + Dice）", "combined_loss", "(logits, target, alpha=0.5)", 1, "04_other",
              ref.combined_loss, _class_cases(extra_kw=[{"alpha": 0.8}], large=False),
+             error_hints=[("The size of tensor a", ONEHOT_HINT)],
              mistakes=[Mistake("α 的位置反了：α·CE + (1 − α)·Dice。",
                                lambda x, t, alpha=0.5: ref.combined_loss.__wrapped_reference__(x, t, 1 - alpha)),
                        Mistake("Dice 部分忘了对 logits 做 softmax。",
@@ -852,7 +862,9 @@ _list = [
                     "05_selection", None, _imbalanced_cases, evaluate=_evaluate_imbalanced, time_limit=60.0),
     Exercise("mae_api", "修正后的 MAE 代码片段（nn.L1Loss）", "mae_with_l1loss", "(pred, target)", 1, "06_code",
              ref.mae_loss, _regression_cases(), required=("nn.L1Loss", _f("l1_loss")),
-             forbidden=[Forbidden("nn.MSELoss / F.mse_loss", _f("mse_loss"))],
+             forbidden=[Forbidden("nn.MSELoss / F.mse_loss", _f("mse_loss"), message=(
+                 "不要调用 nn.MSELoss / F.mse_loss：那是平方误差。种子教程正是在这里写错了，"
+                 "应为 mae_loss = nn.L1Loss()，然后 loss = mae_loss(pred, target)。"))],
              mistakes=[Mistake("种子教程的错误：创建了 mae_loss = nn.L1Loss()，却调用了 mse_loss(pred, target)。应为 loss = mae_loss(pred, target)。",
                                lambda p, t: ((p - t) ** 2).mean())]),
     ModuleExercise("focal_module", "FocalLoss 模块", "FocalLoss", "(alpha=1, gamma=2)", 1, "06_code", ref.focal_loss,
@@ -861,9 +873,11 @@ _list = [
                                      lambda x, t, alpha=1.0, gamma=2.0: (alpha * torch.exp(-_ce_rows(x, t)) ** gamma * _ce_rows(x, t)).mean())]),
     ModuleExercise("dice_module", "DiceLoss 模块（类别索引目标）", "DiceLoss", "(smooth=1.0)", 1, "06_code", ref.dice_loss,
                    _module_cases(_segmentation_cases, {}),
+                   error_hints=[("The size of tensor a", ONEHOT_HINT)],
                    mistakes=[Mistake("忘了对 logits 做 softmax。", lambda x, t, smooth=1.0: _dice(x, t, smooth, probs=False))]),
     ModuleExercise("combined_module", "CombinedLoss 模块（修正版）", "CombinedLoss", "(alpha=0.5)", 1, "06_code",
                    ref.combined_loss, _module_cases(_class_cases(extra_kw=[{"alpha": 0.8}], large=False), {}),
+                   error_hints=[("The size of tensor a", ONEHOT_HINT)],
                    mistakes=[Mistake("α 的位置反了：α·CE + (1 − α)·Dice。",
                                      lambda x, t, alpha=0.5: ref.combined_loss.__wrapped_reference__(x, t, 1 - alpha))]),
     ModuleExercise("label_smoothing_module", "LabelSmoothingCrossEntropy 模块", "LabelSmoothingCrossEntropy",

@@ -45,7 +45,7 @@ import time
 import traceback
 import types
 
-from traitlets import Bool, Integer
+from traitlets import Bool, Integer, Unicode
 
 STATUS_FILE = "lossgrader-status.json"
 SCRATCH_DIR = ".lossgrader"          # scratch release directory used to register assignments
@@ -228,7 +228,9 @@ def __lossgrader_guard():
     for name in [m for m in list(sys.modules) if m == "lossgrader" or m.startswith("lossgrader.")]:
         del sys.modules[name]
     try:
-        formatters = get_ipython().display_formatter.formatters.values()
+        shell = get_ipython()
+        shell.ast_node_interactivity = "last_expr"     # the test cell's last expression is its score
+        formatters = shell.display_formatter.formatters.values()
     except Exception:
         formatters = []
     for formatter in formatters:
@@ -349,6 +351,62 @@ else:  # pragma: no cover
     ResilientExecute = None
 
 
+NO_SCORE_MESSAGE = ("这个测试单元没有显示 lossgrader 的评分结果（可能是前面的代码改变了 Jupyter 的显示方式），"
+                    "因此记 0 分。")
+
+
+class ValidateTestOutputs(NbGraderPreprocessor):
+    """Make a test cell's score come from the lossgrader Report it displays, and only from it.
+
+    nbgrader reads the first execute_result of a test cell as partial credit and gives FULL
+    credit when that output is not a number, is negative, or when the cell shows no result at
+    all; a score above the cell's points aborts the whole notebook.  Student code can produce
+    any of those (display hooks, ``ast_node_interactivity = "none"``, formatters).  In this
+    course every test cell ends with ``check(...)``, whose display carries the score as text and
+    the feedback as HTML marked ``lossgrader-report``.  So: every execute_result that is not such
+    a Report display with a score in [0, points] counts as 0, several results count as the
+    lowest one, and a test cell without any result (and without an error) gets an error: 0."""
+
+    report_marker = Unicode("lossgrader-report", help="Text that the HTML of a genuine Report contains").tag(config=True)
+
+    def preprocess_cell(self, cell, resources, index):
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if cell.cell_type != "code" or not meta.get("grade") or meta.get("solution"):
+            return cell, resources
+        from nbformat import NotebookNode
+
+        max_points = float(meta.get("points", 0))
+        outputs = cell.get("outputs", [])
+        results = [o for o in outputs if o.get("output_type") == "execute_result"]
+        failed = any(o.get("output_type") == "error" or (o.get("output_type") == "stream" and o.get("name") == "stderr")
+                     for o in outputs)
+        if not results:
+            if not failed:
+                cell.outputs.append(NotebookNode(output_type="error", ename="NoScore", evalue=NO_SCORE_MESSAGE,
+                                                 traceback=[f"\x1b[0;31mNoScore\x1b[0m: {NO_SCORE_MESSAGE}"]))
+            return cell, resources
+        scores = []
+        for out in results:
+            data = out.get("data", {})
+            text = data.get("text/plain", "")
+            text = "".join(text) if isinstance(text, list) else str(text)
+            page = data.get("text/html", "")
+            page = "".join(page) if isinstance(page, list) else str(page)
+            try:
+                value = float(text)
+            except ValueError:
+                value = None
+            if value is None or not (0.0 <= value <= max_points) or self.report_marker not in page:
+                self.log.warning("Test cell %s: output %r is not a lossgrader score; counted as 0",
+                                 meta.get("grade_id"), text[:40])
+                value = 0.0
+            scores.append(value)
+        score = min(scores)
+        for out in results:
+            out.setdefault("data", {})["text/plain"] = repr(float(score))
+        return cell, resources
+
+
 SANITIZE_PREPROCESSORS = [
     "lossgrader.pipeline.NormalizeSubmission",
     "nbgrader.preprocessors.ClearOutput",
@@ -360,6 +418,7 @@ SANITIZE_PREPROCESSORS = [
 AUTOGRADE_PREPROCESSORS = [
     "lossgrader.pipeline.ResilientExecute",
     "nbgrader.preprocessors.IgnorePattern",
+    "lossgrader.pipeline.ValidateTestOutputs",
     "nbconvert.preprocessors.ClearMetadataPreprocessor",
     "nbgrader.preprocessors.LimitOutput",
     "nbgrader.preprocessors.SaveAutoGrades",

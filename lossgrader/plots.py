@@ -52,8 +52,9 @@ class Curve:
             ys.append(y)
         return ys
 
-    def render(self, solution, device):
-        """PNG as a base64 string, or None when the student's code cannot be plotted."""
+    def evaluate(self, solution, device):
+        """The points to plot, as a CurveData, or None when the student's code cannot be
+        plotted (its own sandbox: the output it prints was already shown once)."""
         xs = torch.linspace(self.lo, self.hi, POINTS, dtype=torch.float64)
         expected = self.values(self.reference, xs, "cpu")
         try:
@@ -64,15 +65,37 @@ class Curve:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             return None
-        return draw(xs.tolist(), expected, got, self.xlabel)
+        return CurveData(xs.tolist(), expected, got, self.xlabel)
+
+
+class CurveData:
+    """Plot data kept by a Report; the PNG is drawn the first time it is asked for."""
+
+    def __init__(self, xs, expected, got, xlabel):
+        self.xs, self.expected, self.got, self.xlabel = xs, expected, got, xlabel
+        self._png = None
+
+    def png_base64(self) -> str:
+        if self._png is None:
+            self._png = draw(self.xs, self.expected, self.got, self.xlabel)
+        return self._png
+
+
+_FONT_FAMILY = None
 
 
 def _font():
+    """Font properties with the bundled CJK subset first and DejaVu Sans (matplotlib's
+    own font) as the fallback for the Latin glyphs the subset lacks (ŷ, −); registered
+    with matplotlib once per process."""
+    global _FONT_FAMILY
     from matplotlib import font_manager
-    if os.path.exists(FONT_PATH):
-        font_manager.fontManager.addfont(FONT_PATH)
-        return font_manager.FontProperties(fname=FONT_PATH)
-    return None
+    if _FONT_FAMILY is None:
+        _FONT_FAMILY = ["DejaVu Sans"]
+        if os.path.exists(FONT_PATH):
+            font_manager.fontManager.addfont(FONT_PATH)
+            _FONT_FAMILY = [font_manager.FontProperties(fname=FONT_PATH).get_name(), "DejaVu Sans"]
+    return font_manager.FontProperties(family=_FONT_FAMILY)
 
 
 def draw(xs, expected, got, xlabel) -> str:

@@ -29,7 +29,7 @@ class Report:
     score: float
     results: list
     captured: object = None
-    plot_png: Optional[str] = None
+    plot: Optional[object] = None   # plots.CurveData: drawn when the HTML is asked for
     device: str = "cpu"
     hidden: bool = False
     seconds: float = 0.0
@@ -40,6 +40,11 @@ class Report:
         for r in self.results:
             if r.hint and r.hint not in self.hints:
                 self.hints.append(r.hint)
+
+    @property
+    def plot_png(self) -> Optional[str]:
+        """The feedback plot as base64 PNG (None when there is none)."""
+        return self.plot.png_base64() if self.plot is not None else None
 
     @property
     def max_score(self) -> float:
@@ -112,9 +117,10 @@ class Report:
             items = "".join(f"<li>{_safe(h)}</li>" for h in self.hints)
             parts.append(f'<div style="margin-top:8px;background:#fff8c5;padding:6px 10px;border-radius:4px;">'
                          f'<b>提示</b><ul style="margin:4px 0;">{items}</ul></div>')
-        if self.plot_png:
+        png = self.plot_png
+        if png:
             parts.append('<div style="margin-top:8px;"><b>你的实现与参考实现的对比</b><br>'
-                         f'<img alt="你的实现与参考实现的曲线对比" src="data:image/png;base64,{self.plot_png}"></div>')
+                         f'<img alt="你的实现与参考实现的曲线对比" src="data:image/png;base64,{png}"></div>')
         out = self.captured.text() if self.captured else ""
         if out:
             if len(out) > 4000:
