@@ -15,6 +15,7 @@ What it adds:
   ``jieba``; we load a small user dictionary of the course's terms (交叉熵, 均方误差, ...)
   so that each term is indexed as a whole word, and we keep jieba's progress
   messages off stderr.
+* a fix for pages that would list the same <script> twice (see ``_dedupe_scripts``).
 """
 
 from __future__ import annotations
@@ -135,8 +136,36 @@ def _configure_search(app: Sphinx, config: Config) -> None:
     jieba.setLogLevel(_pylogging.WARNING)
 
 
+def _dedupe_scripts(app: Sphinx, pagename, templatename, context, doctree) -> None:
+    """Drop repeated <script> entries from a page.
+
+    sphinx-thebe and sphinx-togglebutton register inline scripts each time their
+    handlers run; under Jupyter Book the same script ends up registered twice (with
+    filename None and ""), and a second ``const THEBE_JS_URL = ...`` is a JavaScript
+    SyntaxError ("Identifier 'THEBE_JS_URL' has already been declared").
+    """
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, unique = set(), []
+    for script in scripts:
+        # An inline script has filename None when added and "" once restored from the
+        # pickled environment: treat both as the same (empty) name.
+        key = (
+            str(getattr(script, "filename", script) or ""),
+            repr(sorted((getattr(script, "attributes", None) or {}).items())),
+        )
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    # In place: later handlers (e.g. sphinx.ext.mathjax) add to this same list.
+    scripts[:] = unique
+
+
 def setup(app: Sphinx) -> dict:
     app.add_config_value("lossbook_check_exercises", True, "env", types=[bool])
     app.add_role("exercise", exercise_role)
     app.connect("config-inited", _configure_search)
+    # Early: the html-page-context chain stops at the first handler returning a template.
+    app.connect("html-page-context", _dedupe_scripts, priority=100)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
