@@ -162,6 +162,19 @@ def import_tricks(full):
     return text(nb), scores(mse_grad=0, mae_grad=0, smooth_l1=0)
 
 
+def display_tricks(full):
+    """Wrong answers that forge the score nbgrader reads: hide the test cell's result
+    (nbgrader gives full credit to a test cell without output), and publish a non-numeric
+    result from inside the function (nbgrader gives full credit to a non-numeric result)."""
+    nb = copy.deepcopy(full)
+    answer(nb, "mse").source = WRONG_MSE + "\n\nget_ipython().ast_node_interactivity = 'none'\n"
+    answer(nb, "mae").source = (
+        "# 答案\ndef mae_loss(pred, target):\n"
+        "    get_ipython().displayhook('full marks please')\n"
+        "    return ((pred - target) ** 2).mean()\n")
+    return text(nb), scores(mse=0, mae=0)
+
+
 def tampered(full):
     """Edited and deleted test cells, changed points, a forged test cell worth 100 points."""
     nb = copy.deepcopy(full)

@@ -63,8 +63,8 @@ def course(tmp_path_factory):
     for student in SAMPLES:
         shutil.copytree(os.path.join(ROOT, "samples", "submitted", student, A),
                         os.path.join(root, "submitted", student, A))
-    for name in ("exits", "loops", "import_crash", "noisy", "cheats", "import_tricks", "tampered",
-                 "not_json", "not_notebook"):
+    for name in ("exits", "loops", "import_crash", "noisy", "cheats", "import_tricks",
+                 "display_tricks", "tampered", "not_json", "not_notebook"):
         text, cells = getattr(H, name)(full)
         _submit(root, "x_" + name, text)
         expected["x_" + name] = cells
@@ -109,7 +109,7 @@ def test_samples_get_the_expected_grades(course):
 
 
 @pytest.mark.parametrize("case", ["exits", "loops", "import_crash", "noisy", "cheats", "import_tricks",
-                                  "tampered"])
+                                  "display_tricks", "tampered"])
 def test_hostile_submission_gets_what_it_deserves(course, case):
     student = "x_" + case
     expected = course["expected"][student]
