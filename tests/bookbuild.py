@@ -87,7 +87,9 @@ def build_book() -> BookBuild:
         seconds = time.monotonic() - start
         log = ANSI_RE.sub("", proc.stdout)
         (ROOT / "_build").mkdir(exist_ok=True)
-        (ROOT / "_build" / "build.log").write_text(log, encoding="utf-8")
+        (ROOT / "_build" / "build.log").write_text(
+            log + f"\n[bookbuild] exit code {proc.returncode}, {seconds:.0f} s\n", encoding="utf-8"
+        )
         _BUILD = BookBuild(ROOT, ROOT / "_build" / "html", proc.returncode, log, seconds)
     return _BUILD
 

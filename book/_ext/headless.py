@@ -147,13 +147,7 @@ class Browser:
         )
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable")
-        self.send(
-            "Emulation.setDeviceMetricsOverride",
-            width=self.width,
-            height=self.height,
-            deviceScaleFactor=1,
-            mobile=False,
-        )
+        self._set_viewport(self.width, self.height)
 
     def close(self) -> None:
         if self.ws is not None:
@@ -260,15 +254,32 @@ class Browser:
     def clear_events(self) -> None:
         self.events = []
 
-    def screenshot(self, path: Path, full_page: bool = True) -> None:
+    def screenshot(self, path: Path, full_page: bool = True, max_height: int = 16000) -> None:
+        """PNG of the page; full_page makes the viewport as tall as the page first.
+
+        (Capturing "beyond the viewport" instead would leave the theme's sticky,
+        viewport-high sidebars at their first-screen size.)
+        """
         if full_page:
             height = int(self.evaluate("document.documentElement.scrollHeight"))
-            clip = {"x": 0, "y": 0, "width": self.width, "height": min(height, 16000), "scale": 1}
-            data = self.send("Page.captureScreenshot", format="png", clip=clip, captureBeyondViewport=True)
-        else:
+            self._set_viewport(self.width, min(max(height, self.height), max_height))
+            self.evaluate(WAIT_FOR_PAGE_JS)
+        try:
             data = self.send("Page.captureScreenshot", format="png")
+        finally:
+            if full_page:
+                self._set_viewport(self.width, self.height)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data["data"]))
+
+    def _set_viewport(self, width: int, height: int) -> None:
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
 
     def print_pdf(self, path: Path) -> None:
         data = self.send(
