@@ -53,7 +53,7 @@ def cmd_autograde(args):
     root = _root(args)
     t0 = time.monotonic()
     results = autograde(root, args.assignments or None, args.student or None,
-                        cell_timeout=args.cell_timeout, submission_timeout=args.timeout)
+                        cell_timeout=args.cell_timeout, submission_timeout=args.timeout, jobs=args.jobs)
     failed = sum(1 for e in results.values() if e["status"] == "failed")
     print(f"autograded {len(results)} submissions in {time.monotonic() - t0:.1f} s"
           + (f"; {failed} could not be autograded (0 points, reason in the export)" if failed else ""))
@@ -85,7 +85,7 @@ def cmd_demo(args):
     from .pipeline import demo
 
     root = _root(args)
-    print(demo(root, cell_timeout=args.cell_timeout))
+    print(demo(root, cell_timeout=args.cell_timeout, jobs=args.jobs))
     return 0
 
 
@@ -116,6 +116,8 @@ def build_parser():
                    help="seconds per cell (default: nbgrader_config.py's Execute.timeout)")
     p.add_argument("--timeout", type=float, default=900,
                    help="seconds for one whole submission before its grader is killed (default 900)")
+    p.add_argument("--jobs", "-j", type=int, default=1,
+                   help="submissions graded side by side (one kernel each; default 1)")
     p.set_defaults(func=cmd_autograde)
 
     p = sub.add_parser("feedback", help="write the HTML feedback of the autograded submissions")
@@ -129,6 +131,8 @@ def build_parser():
 
     p = sub.add_parser("demo", help="grade the sample class in samples/submitted/ end to end")
     p.add_argument("--cell-timeout", type=int, default=None)
+    p.add_argument("--jobs", "-j", type=int, default=2,
+                   help="submissions graded side by side (default 2)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -81,7 +81,9 @@ def describe_exception(exc: BaseException) -> str:
         text = text[:400] + " …"
     if where:
         lineno, line = where
-        return f"你的代码抛出了异常 {text}（第 {lineno} 行：<code>{line}</code>）"
+        if line:
+            return f"你的代码抛出了异常 {text}（第 {lineno} 行：<code>{line}</code>）"
+        return f"你的代码抛出了异常 {text}（第 {lineno} 行）"
     return f"你的代码抛出了异常 {text}"
 
 
@@ -270,7 +272,7 @@ def check(exercise: str, solution, *, points: float = 1.0, device=None, seed=Non
             cases, expectations = ex.cases(seed, hidden)
             results = run_cases(ctx, solution, cases, expectations)
     plot = None
-    if any(not r.passed for r in results) and ex.curve is not None and problem is None:
+    if any(r.status == "fail" for r in results) and ex.curve is not None and problem is None:
         with sandbox.single_thread():
             plot = ex.curve.evaluate(solution, device)
     passed = sum(r.passed for r in results)

@@ -641,16 +641,21 @@ _REGRESSION_CURVE = dict(xlabel="残差 ŷ − y", lo=-3.0, hi=3.0)
 _LOGIT_CURVE = dict(xlabel="logit x（目标 y = 1）", lo=-8.0, hi=8.0)
 
 
+# A plotted point is a batch of CURVE_BATCH equal elements: the mean loss is then the
+# loss of one element, while a sum instead of a mean (or a gradient without 1/n) shows
+# as a curve CURVE_BATCH times too high.
+CURVE_BATCH = 4
+
+
 def _residual_point(x):
-    return (x.reshape(1), torch.zeros(1, dtype=x.dtype, device=x.device)), {}
+    return (x.expand(CURVE_BATCH).clone(), torch.zeros(CURVE_BATCH, dtype=x.dtype, device=x.device)), {}
 
 
 def _logit_point(x):
-    return (x.reshape(1), torch.ones(1, dtype=x.dtype, device=x.device)), {}
+    return (x.expand(CURVE_BATCH).clone(), torch.ones(CURVE_BATCH, dtype=x.dtype, device=x.device)), {}
 
 
-def _prob_point(x):
-    return (x.reshape(1), torch.ones(1, dtype=x.dtype, device=x.device)), {}
+_prob_point = _logit_point   # probabilities, target y = 1
 
 
 def _huber_np(p, t, delta=1.0, half=True, shift=True, scale_linear=True):

@@ -840,26 +840,47 @@ def _validate_submission(root, student, aid):
     return None
 
 
+def _retrying(fn, *args, attempts=6):
+    """Call fn, retrying while SQLite reports a locked database (parallel workers)."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args)
+        except Exception as exc:
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)
+
+
 def autograde(root, only_assignments=None, only_students=None, cell_timeout=None,
-              submission_timeout=DEFAULT_SUBMISSION_TIMEOUT, progress=True, stream=None):
-    """Autograde every submission in submitted/ (or the selected ones). Returns the status entries."""
+              submission_timeout=DEFAULT_SUBMISSION_TIMEOUT, progress=True, stream=None, jobs=1):
+    """Autograde every submission in submitted/ (or the selected ones). Returns the status entries.
+
+    jobs > 1 runs that many worker processes (one kernel each) side by side."""
     pairs = submissions(root, only_assignments, only_students)
     register(root, sorted({a for _, a in pairs}))
     status = read_status(root)
     bar = Progress(len(pairs), "autograde", stream) if progress else None
-    worker = Worker(root, cell_timeout)
     results = {}
-    try:
-        for student, aid in pairs:
-            t0 = time.monotonic()
-            reason = _validate_submission(root, student, aid)
-            if reason is None:
+    todo = queue.Queue()
+    for pair in pairs:
+        todo.put(pair)
+    lock = threading.Lock()
+    errors = []
+
+    def grade_one(worker, student, aid):
+        t0 = time.monotonic()
+        reason = _validate_submission(root, student, aid)
+        ok = False
+        if reason is None:
+            for attempt in range(3):
                 reply = worker.run(student, aid, submission_timeout)
                 ok, reason = reply.get("ok", False), reply.get("reason", "")
-            else:
-                ok = False
+                if ok or "database is locked" not in reply.get("log", "") + reason:
+                    break
+                time.sleep(1 + attempt)      # another worker held the gradebook: grade again
+        with lock:
             if not ok:
-                zero_submission(root, aid, student)
+                _retrying(zero_submission, root, aid, student)
                 dest = os.path.join(root, "autograded", student, aid)
                 if os.path.isdir(dest):
                     shutil.rmtree(dest)
@@ -871,8 +892,28 @@ def autograde(root, only_assignments=None, only_students=None, cell_timeout=None
             write_status(root, status)
             if bar:
                 bar.step(f"{student}/{aid} {entry['seconds']:.1f}s" + ("" if ok else " FAILED: " + reason[:80]))
-    finally:
-        worker.close()
+
+    def run_worker():
+        worker = Worker(root, cell_timeout)
+        try:
+            while True:
+                try:
+                    student, aid = todo.get_nowait()
+                except queue.Empty:
+                    return
+                grade_one(worker, student, aid)
+        except BaseException as exc:  # keep the other workers going; re-raised below
+            errors.append(exc)
+        finally:
+            worker.close()
+
+    threads = [threading.Thread(target=run_worker, daemon=True) for _ in range(max(1, min(jobs, len(pairs))))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
     return results
 
 
@@ -1058,14 +1099,14 @@ def samples_dir(root):
     return os.path.join(root, "samples", "submitted")
 
 
-def demo(root, cell_timeout=None, stream=None):
+def demo(root, cell_timeout=None, stream=None, jobs=1):
     """Copy the sample class into submitted/, then autograde, feedback, export; returns the table text."""
     stream = stream or sys.stderr
     t0 = time.monotonic()
     copied = collect(root, samples_dir(root))
     students = sorted({s for s, _ in copied})
     stream.write(f"demo: {len(copied)} sample submissions from samples/submitted/ -> submitted/\n")
-    autograde(root, only_students=students, cell_timeout=cell_timeout, stream=stream)
+    autograde(root, only_students=students, cell_timeout=cell_timeout, stream=stream, jobs=jobs)
     feedback(root, only_students=students, stream=stream)
     path, rows = export(root)
     rows = [r for r in rows if r["student_id"] in students]

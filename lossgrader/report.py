@@ -104,14 +104,14 @@ class Report:
         rows = []
         for r in self.results:
             mark, label, c = STATUS_LABELS[r.status]
-            rows.append(f'<tr><td style="padding:3px 8px;color:{c};white-space:nowrap;">{mark} {label}</td>'
-                        f'<td style="padding:3px 8px;">{html.escape(r.name)}</td>'
-                        f'<td style="padding:3px 8px;color:#57606a;font-size:12px;">{html.escape(r.inputs)}</td>'
-                        f'<td style="padding:3px 8px;">{_safe(r.message)}</td></tr>')
+            rows.append(f'<tr><td style="text-align:left;vertical-align:top;padding:3px 8px;color:{c};white-space:nowrap;">{mark} {label}</td>'
+                        f'<td style="text-align:left;vertical-align:top;padding:3px 8px;">{html.escape(r.name)}</td>'
+                        f'<td style="text-align:left;vertical-align:top;padding:3px 8px;color:#57606a;font-size:12px;">{html.escape(r.inputs)}</td>'
+                        f'<td style="text-align:left;vertical-align:top;padding:3px 8px;">{_safe(r.message)}</td></tr>')
         table = ('<table style="border-collapse:collapse;width:100%;">'
-                 '<thead><tr style="background:#f6f8fa;text-align:left;"><th style="padding:3px 8px;">结果</th>'
-                 '<th style="padding:3px 8px;">用例</th><th style="padding:3px 8px;">输入</th>'
-                 '<th style="padding:3px 8px;">说明</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>")
+                 '<thead><tr style="background:#f6f8fa;text-align:left;"><th style="text-align:left;vertical-align:top;padding:3px 8px;">结果</th>'
+                 '<th style="text-align:left;vertical-align:top;padding:3px 8px;">用例</th><th style="text-align:left;vertical-align:top;padding:3px 8px;">输入</th>'
+                 '<th style="text-align:left;vertical-align:top;padding:3px 8px;">说明</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>")
         parts = [head, meta, table]
         if self.hints:
             items = "".join(f"<li>{_safe(h)}</li>" for h in self.hints)
