@@ -82,7 +82,11 @@ class Exercise:
         """(cases, expectations), generated on the CPU and cached per (seed, hidden)."""
         key = (self.default_seed() if seed is None else int(seed), bool(hidden))
         if key not in self._cache:
-            cases = self.make_cases(Rand(key[0]), key[1])
+            # hidden: the visible cases first, then a whole new set from another seed
+            # with the hidden-only shapes, dtypes and edge cases
+            cases = self.make_cases(Rand(key[0]), False)
+            if key[1]:
+                cases += self.make_cases(Rand(key[0] + 1), True)
             self._cache[key] = (cases, [self.expect(c) for c in cases])
         return self._cache[key]
 
@@ -527,11 +531,9 @@ def _module_cases(make, init_kwargs):
 def _module_weighted_cases(r: Rand, hidden: bool):
     out = []
     for c in _weighted_cases(r, hidden):
-        logits, target, weight = c.args
-        if logits.dtype == torch.float64 and not hidden:
-            logits = logits.float()
-        out.append(Case(c.name.replace("float64", "float32") if not hidden else c.name, (logits, target), {},
-                        grad_args=(0,), tags=c.tags, init_kwargs={"class_weights": weight.float()}))
+        logits, target, weight = c.args   # weights given as float32 CPU tensors, logits of any dtype
+        out.append(Case(c.name, (logits, target), {}, grad_args=(0,), tags=c.tags,
+                        init_kwargs={"class_weights": weight.float()}))
     return out
 
 

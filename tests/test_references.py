@@ -795,7 +795,8 @@ def test_case_generation_is_deterministic(ex_id):
     for hidden in (False, True):
         cases, expectations = ex.cases(seed=0, hidden=hidden)
         assert cases and len(cases) == len(expectations)
-        fresh = ex.make_cases(Rand(0), hidden)          # regenerated, not read from the cache
+        # regenerated, not read from the cache: hidden = visible + a new set from seed + 1
+        fresh = ex.make_cases(Rand(0), False) + (ex.make_cases(Rand(1), True) if hidden else [])
         assert len(fresh) == len(cases)
         for c1, c2 in zip(cases, fresh):
             _assert_same_case(c1, c2, f"{ex_id} hidden={hidden}")
@@ -813,9 +814,11 @@ def test_case_generation_is_deterministic(ex_id):
 def test_hidden_cases_extend_visible_cases(ex_id):
     ex = EXERCISES[ex_id]
     for seed in (0, ex.default_seed()):
-        visible = ex.make_cases(Rand(seed), False)
-        hidden = ex.make_cases(Rand(seed), True)
+        visible = ex.cases(seed=seed, hidden=False)[0]
+        hidden = ex.cases(seed=seed, hidden=True)[0]
         assert len(hidden) > len(visible), f"{ex_id}: no hidden case beyond the visible ones"
+        extra = ex.make_cases(Rand(seed + 1), True)
+        assert len(extra) > len(ex.make_cases(Rand(seed + 1), False)), f"{ex_id}: no hidden-only case"
         for k, (v, h) in enumerate(zip(visible, hidden)):
             _assert_same_case(v, h, f"{ex_id} seed={seed} case {k}")
 
