@@ -24,14 +24,12 @@ What this module adds to plain ``nbgrader autograde`` (see docs/instructor.md):
   anything else) gets an explicit 0 for every test cell in the gradebook and a
   reason in ``lossgrader-status.json`` and in the exported CSV.
 """
-import argparse
 import contextlib
 import copy
 import csv
 import datetime
 import glob
 import html
-import io
 import json
 import logging
 import os
@@ -189,7 +187,8 @@ KERNEL_DIED_MESSAGE = (
 
 # Run silently in the kernel before every test cell (never shown, never in the notebook):
 # undo the import-system tricks that would hand the test cell a fake lossgrader.  The test
-# cells then import a fresh lossgrader themselves.  @GENUINE@ is the package directory the
+# cells then drop the lossgrader modules from sys.modules and import a fresh lossgrader
+# themselves (hidden part of every test cell), which this guard makes the genuine one.  @GENUINE@ is the package directory the
 # grader itself imports; @FINDERS@ the import finders the kernel had before any cell ran.
 GUARD_CODE = r"""
 def __lossgrader_guard():
@@ -225,8 +224,6 @@ def __lossgrader_guard():
 
     sys.meta_path[:] = [f for f in sys.meta_path if legitimate(f)]
     sys.path_importer_cache.clear()
-    for name in [m for m in list(sys.modules) if m == "lossgrader" or m.startswith("lossgrader.")]:
-        del sys.modules[name]
     try:
         shell = get_ipython()
         shell.ast_node_interactivity = "last_expr"     # the test cell's last expression is its score

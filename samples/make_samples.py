@@ -18,7 +18,6 @@ are written without outputs, as a student's "save" in Jupyter would leave them a
     python samples/make_samples.py --check    # exit 1 when samples/submitted/ is stale
 """
 import argparse
-import copy
 import os
 import re
 import sys

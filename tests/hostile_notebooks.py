@@ -40,10 +40,11 @@ def scores(**overrides):
     return out
 
 
-WRONG_MSE = "# 答案\ndef mse_loss(pred, target):\n    return (pred - target).abs().mean()"
-WRONG_MAE = "# 答案\ndef mae_loss(pred, target):\n    return ((pred - target) ** 2).mean()"
-WRONG_HUBER = "# 答案\ndef huber_loss(pred, target, delta=1.0):\n    return (pred - target).abs().mean() * 0"
-WRONG_MSE_GRAD = "# 答案\ndef mse_grad(pred, target):\n    return torch.zeros_like(pred)"
+# Wrong on every case (a value off by 7), so that any mark they get is a mark not earned.
+WRONG_MSE = "# 答案\ndef mse_loss(pred, target):\n    return (pred - target).abs().mean() + 7"
+WRONG_MAE = "# 答案\ndef mae_loss(pred, target):\n    return ((pred - target) ** 2).mean() + 7"
+WRONG_HUBER = "# 答案\ndef huber_loss(pred, target, delta=1.0):\n    return (pred - target).abs().mean() + 7"
+WRONG_MSE_GRAD = "# 答案\ndef mse_grad(pred, target):\n    return torch.full_like(pred, 7.0)"
 
 
 def exits(full):
@@ -130,8 +131,8 @@ def cheats(full):
     return text(nb), scores(mse=0, mae=0, huber=0)
 
 
-WRONG_MAE_GRAD = "# 答案\ndef mae_grad(pred, target):\n    return torch.sign(pred - target)"
-WRONG_SMOOTH_L1 = "# 答案\ndef smooth_l1_loss(pred, target, beta=1.0):\n    return (pred - target).abs().mean()"
+WRONG_MAE_GRAD = "# 答案\ndef mae_grad(pred, target):\n    return torch.full_like(pred, 7.0)"
+WRONG_SMOOTH_L1 = "# 答案\ndef smooth_l1_loss(pred, target, beta=1.0):\n    return (pred - target).abs().mean() + 7"
 
 
 def import_tricks(full):
@@ -171,7 +172,7 @@ def display_tricks(full):
     answer(nb, "mae").source = (
         "# 答案\ndef mae_loss(pred, target):\n"
         "    get_ipython().displayhook('full marks please')\n"
-        "    return ((pred - target) ** 2).mean()\n")
+        "    return ((pred - target) ** 2).mean() + 7\n")
     return text(nb), scores(mse=0, mae=0)
 
 
