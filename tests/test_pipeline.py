@@ -8,6 +8,8 @@ import csv
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -224,3 +226,15 @@ def test_cli_collect_and_export(course, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "demo_full" in out and "6/6" in out
     assert os.path.isfile(os.path.join(root, "grades.csv"))
+
+
+def test_committed_samples_match_the_exercises():
+    """samples/submitted/ is what samples/make_samples.py derives from exercises/ and solutions/."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "samples", "make_samples.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    students = sorted(os.listdir(os.path.join(ROOT, "samples", "submitted")))
+    assert students == sorted(SAMPLES)
+    for student in SAMPLES:
+        assert sorted(os.listdir(os.path.join(ROOT, "samples", "submitted", student))) == sorted(
+            os.listdir(os.path.join(ROOT, "exercises")))
