@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -79,6 +80,11 @@ def _canonical_nbgrader_metadata(kind, source_cell, max_score=None):
     return meta
 
 
+_HIDDEN_TESTS = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS.*?^[ \t]*### END HIDDEN TESTS[ \t]*\n?",
+                           re.MULTILINE | re.DOTALL)
+_DEFINED = re.compile(r"^(?:def|class)[ \t]+([A-Za-z_][A-Za-z0-9_]*)", re.MULTILINE)
+
+
 class NormalizeSubmission(NbGraderPreprocessor):
     """Rebuild a submission's nbgrader metadata from the gradebook (see module docstring)."""
 
@@ -111,6 +117,8 @@ class NormalizeSubmission(NbGraderPreprocessor):
                 else:
                     kind, score = "locked", None
                 known[name] = (kind, s, score)
+
+        self._recover_stripped(nb, known)
 
         seen = set()
         for cell in nb.cells:
@@ -152,6 +160,43 @@ class NormalizeSubmission(NbGraderPreprocessor):
             nb.cells.insert(insert_at, cell)
             seen.add(name)
         return nb, resources
+
+    def _recover_stripped(self, nb, known):
+        """Give back their grade ids to cells that lost their nbgrader metadata.
+
+        Some editors (and copying the code into a fresh notebook) drop cell metadata.  A
+        read-only cell still holding its released source, and an answer cell defining the
+        function or class its released version defines, get their id back, so that the
+        test cells are restored and re-inserted where they belong."""
+        present = set()
+        for cell in nb.cells:
+            meta = cell.get("metadata", {}).get("nbgrader")
+            if isinstance(meta, dict) and isinstance(meta.get("grade_id"), str):
+                present.add(meta["grade_id"])
+        missing = [name for name in known if name not in present]
+        if not missing:
+            return
+        for cell in nb.cells:
+            if "nbgrader" in cell.get("metadata", {}) or not missing:
+                continue
+            source = cell.get("source", "")
+            source = "".join(source) if isinstance(source, list) else str(source)
+            for name in list(missing):
+                kind, s, _ = known[name]
+                if cell.cell_type != s.cell_type:
+                    continue
+                if s.locked or kind in ("grade", "task"):
+                    matched = source.strip() == _HIDDEN_TESTS.sub("", s.source).strip()
+                elif kind == "solution" and cell.cell_type == "code":
+                    names = set(_DEFINED.findall(s.source))
+                    matched = bool(names) and names <= set(_DEFINED.findall(source))
+                else:
+                    matched = False
+                if matched:
+                    cell.metadata["nbgrader"] = {"grade_id": name}
+                    missing.remove(name)
+                    self.log.warning("Recovered the nbgrader id %r of a cell without metadata", name)
+                    break
 
     @staticmethod
     def _index_of(nb, grade_id):

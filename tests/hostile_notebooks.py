@@ -195,6 +195,15 @@ def tampered(full):
     return text(nb), scores(mse_grad=0, mae=0, huber=0)
 
 
+def stripped(full):
+    """The full-marks notebook after an editor dropped every cell's metadata (nbgrader ids
+    included) and Colab saved it: graded like the original."""
+    nb = copy.deepcopy(full)
+    for c in nb.cells:
+        c.metadata = nbformat.NotebookNode()
+    return as_colab(nb), scores()
+
+
 def not_json(full):
     return text(full)[:-200] + "\n<<<<<<< conflict marker left by a merge\n", None
 

@@ -65,7 +65,7 @@ def course(tmp_path_factory):
         shutil.copytree(os.path.join(ROOT, "samples", "submitted", student, A),
                         os.path.join(root, "submitted", student, A))
     for name in ("exits", "loops", "import_crash", "noisy", "cheats", "import_tricks",
-                 "display_tricks", "tampered", "not_json", "not_notebook"):
+                 "display_tricks", "tampered", "stripped", "not_json", "not_notebook"):
         text, cells = getattr(H, name)(full)
         _submit(root, "x_" + name, text)
         expected["x_" + name] = cells
@@ -112,7 +112,7 @@ def test_samples_get_the_expected_grades(course):
 
 
 @pytest.mark.parametrize("case", ["exits", "loops", "import_crash", "noisy", "cheats", "import_tricks",
-                                  "display_tricks", "tampered"])
+                                  "display_tricks", "tampered", "stripped"])
 def test_hostile_submission_gets_what_it_deserves(course, case):
     student = "x_" + case
     expected = course["expected"][student]
