@@ -254,7 +254,7 @@ class Browser:
     def clear_events(self) -> None:
         self.events = []
 
-    def screenshot(self, path: Path, full_page: bool = True, max_height: int = 16000) -> None:
+    def screenshot(self, path: Path, full_page: bool = True, max_height: int = 60000) -> None:
         """PNG of the page; full_page makes the viewport as tall as the page first.
 
         (Capturing "beyond the viewport" instead would leave the theme's sticky,
