@@ -756,9 +756,11 @@ class Worker:
         cmd = [sys.executable, "-m", "lossgrader.pipeline", "_worker", self.root]
         if self.cell_timeout:
             cmd.append(str(int(self.cell_timeout)))
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, cwd=self.root,
-                                     start_new_session=True)
+        os.makedirs(os.path.join(self.root, SCRATCH_DIR), exist_ok=True)
+        with open(os.path.join(self.root, SCRATCH_DIR, "worker.log"), "a", encoding="utf-8") as log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=log, text=True, cwd=self.root,
+                                         start_new_session=True)
         self._lines = queue.Queue()
 
         def pump(stream, q):
@@ -770,7 +772,8 @@ class Worker:
         ready = self._read(600)
         if not (ready and ready.get("ready")):
             self.kill()
-            raise RuntimeError("the autograde worker did not start")
+            raise RuntimeError("the autograde worker did not start: see " +
+                               os.path.join(self.root, SCRATCH_DIR, "worker.log"))
 
     def _read(self, timeout):
         try:
