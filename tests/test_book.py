@@ -214,3 +214,85 @@ def test_errata_lists_each_correction(book_build, item):
     text = main_text(page) + "\n" + "\n".join(html.unescape(b) for b in code_blocks(page))
     for pattern in ERRATA_ITEMS[item]:
         assert re.search(pattern, text), f"errata: {item!r} not found (pattern {pattern!r})"
+
+
+# -- the {exercise} role on its own (small Sphinx builds, no notebooks) -------------------
+
+
+def test_exercise_url_is_computed_from_the_repository():
+    from lossbook import github_owner_repo
+
+    assert github_owner_repo("https://github.com/lossfn-course/loss-functions-zh.git/") == (
+        "lossfn-course",
+        "loss-functions-zh",
+    )
+    assert exercise_colab_url("https://github.com/a/b", "dev", "04_other") == (
+        "https://colab.research.google.com/github/a/b/blob/dev/exercises/04_other/04_other.ipynb"
+    )
+    for bad in ["https://gitlab.com/a/b", "https://github.com/a", "github.com/a/b"]:
+        with pytest.raises(ValueError):
+            github_owner_repo(bad)
+
+
+def _build_role_page(tmp_path, source, repository_url, make_notebook=True):
+    """Build one reST page with the lossbook extension; return (html, warnings)."""
+    import io
+
+    from sphinx.application import Sphinx
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "index.rst").write_text("Page\n====\n\n" + source + "\n", encoding="utf-8")
+    if make_notebook:
+        (src / "exercises" / "02_regression").mkdir(parents=True)
+        (src / "exercises" / "02_regression" / "02_regression.ipynb").write_text("{}")
+    warnings = io.StringIO()
+    app = Sphinx(
+        srcdir=str(src),
+        confdir=None,
+        outdir=str(tmp_path / "out"),
+        doctreedir=str(tmp_path / "doctrees"),
+        buildername="html",
+        confoverrides={
+            "extensions": ["lossbook"],
+            "html_theme": "sphinx_book_theme",
+            "html_theme_options": {"repository_url": repository_url, "repository_branch": "main"},
+            "exclude_patterns": ["exercises"],
+        },
+        status=io.StringIO(),
+        warning=warnings,
+        freshenv=True,
+    )
+    app.build()
+    return (tmp_path / "out" / "index.html").read_text(encoding="utf-8"), warnings.getvalue()
+
+
+def test_exercise_role_renders_the_colab_link(tmp_path):
+    page, warnings = _build_role_page(
+        tmp_path, "Try :exercise:`02_regression`.", "https://github.com/lossfn-course/loss-functions-zh"
+    )
+    assert "WARNING" not in warnings, warnings
+    links = select(page, lambda tag, attrs: tag == "a" and has_class(attrs, "exercise-link"))
+    assert [(a["attrs"]["href"], a["text"]) for a in links] == [
+        (
+            "https://colab.research.google.com/github/lossfn-course/loss-functions-zh/blob/main/"
+            "exercises/02_regression/02_regression.ipynb",
+            "在 Colab 中打开练习 02_regression",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "source, repository_url, make_notebook, message",
+    [
+        (":exercise:`Regression`", "https://github.com/o/r", True, "is not an assignment id"),
+        (":exercise:`02_regression`", "https://gitlab.com/o/r", True, "repository: url:"),
+        (":exercise:`02_regression`", "https://github.com/o/r", False, "does not exist"),
+    ],
+)
+def test_exercise_role_warns_instead_of_linking_nowhere(
+    tmp_path, source, repository_url, make_notebook, message
+):
+    page, warnings = _build_role_page(tmp_path, source, repository_url, make_notebook)
+    assert message in warnings, warnings
+    assert "colab.research.google.com/github" not in page
