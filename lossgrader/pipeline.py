@@ -976,6 +976,23 @@ FAILED_FEEDBACK = """<!DOCTYPE html>
 """
 
 
+def reason_zh(reason):
+    """The student-facing (Chinese) wording of an autograde failure reason."""
+    known = [
+        ("is not valid JSON", "提交的文件不是有效的 JSON（.ipynb 文件已损坏或被截断）"),
+        ("is not UTF-8 text", "提交的文件不是 UTF-8 文本（不是 .ipynb 笔记本）"),
+        ("is not a Jupyter notebook", "提交的文件不是 Jupyter 笔记本"),
+        ("has no list of cells", "提交的文件不是 Jupyter 笔记本（没有单元格列表）"),
+        ("no notebook submitted", "没有找到提交的笔记本"),
+        ("time limit exceeded", "评分超过了整份作业的时间限制（可能有死循环或运行过慢的代码）"),
+        ("worker process died", "评分进程意外退出"),
+    ]
+    for key, text in known:
+        if key in reason:
+            return f"{text}。（技术细节：{reason}）"
+    return f"自动评分时出错。（技术细节：{reason}）"
+
+
 def feedback(root, only_assignments=None, only_students=None, progress=True, stream=None):
     """Generate feedback/<student>/<assignment>/<notebook>.html for every graded submission."""
     from nbgrader.api import Gradebook
@@ -995,7 +1012,7 @@ def feedback(root, only_assignments=None, only_students=None, progress=True, str
             with Gradebook(db_url(root)) as gb:
                 scores = submission_scores(gb, aid, student)
             max_score = scores[1] if scores else 0.0
-            reason = entry.get("reason") or "尚未自动评分（请先运行 lossgrader autograde）"
+            reason = reason_zh(entry["reason"]) if entry.get("reason") else "这份作业尚未自动评分。"
             for nb_path in glob.glob(os.path.join(root, _source_dir(root), aid, "*.ipynb")):
                 name = os.path.splitext(os.path.basename(nb_path))[0]
                 path = os.path.join(dest_dir, name + ".html")
