@@ -23,7 +23,7 @@ import hostile_notebooks as H  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 A = H.ASSIGNMENT
-CELL_TIMEOUT = 20          # seconds per cell: the loops below cost one timeout each
+CELL_TIMEOUT = 30          # seconds per cell: the loops below cost one timeout each
 SAMPLES = ("demo_full", "demo_bugs", "demo_unfinished")
 
 
@@ -147,7 +147,8 @@ def test_feedback_shows_hidden_results_not_hidden_code(course):
     assert len(written) == 3
     with open(os.path.join(root, "feedback", "demo_bugs", A, A + ".html"), encoding="utf-8") as fh:
         page = fh.read()
-    assert "hidden=True" not in page          # the hidden test code is not shown (ClearHiddenTests)
+    # the hidden test code is shown neither in the cells nor in tracebacks quoting them
+    assert "hidden=True" not in page and "BEGIN HIDDEN TESTS" not in page
     shown = re.search(r"Score: ([0-9.]+) / 6\.0", page)
     assert shown and float(shown.group(1)) == pytest.approx(_cells(root, "demo_bugs")[0], abs=1e-3)
     assert "MAE" in page and "<table" in page            # the Chinese feedback tables of check
@@ -186,11 +187,13 @@ def test_submission_over_its_time_limit_is_killed_and_zeroed(tmp_path):
     root = str(tmp_path)
     _copy_course(root)
     full = nbformat.read(_sample("demo_full"), as_version=4)
-    text, _ = H.loops(full)
-    _submit(root, "slow", text)
+    a = H.answer(full, "mse")
+    a.source = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass\n" + a.source
+    _submit(root, "slow", H.text(full))
     shutil.copytree(os.path.join(ROOT, "samples", "submitted", "demo_unfinished", A),
                     os.path.join(root, "submitted", "zz_after", A))
-    results = pipeline.autograde(root, cell_timeout=CELL_TIMEOUT, submission_timeout=25, progress=False)
+    # the cell timeout is far away: only the limit for the whole hand-in can stop "slow"
+    results = pipeline.autograde(root, cell_timeout=600, submission_timeout=45, progress=False)
     assert results[("slow", A)]["status"] == "failed"
     assert "time limit" in results[("slow", A)]["reason"]
     assert _cells(root, "slow")[0] == 0.0
