@@ -113,6 +113,28 @@ def test_pages_are_chinese_with_local_math(book_build):
     assert (book_build.html_dir / "_static" / "mathjax" / "tex-svg-full.js").stat().st_size > 1_000_000
 
 
+def test_repository_url_is_written_only_in_the_config():
+    # Pages link exercises with the {exercise} role, which reads _config.yml: a
+    # hard-coded URL would go stale when the repository moves.
+    url = config()["repository"]["url"]
+    owner_repo = "/".join(url.rstrip("/").split("/")[-2:])
+    for docname, _, _ in EXPECTED_NAV:
+        for source in ROOT.glob(f"{docname}.*"):
+            text = source.read_text(encoding="utf-8")
+            assert owner_repo not in text, f"{source.name} hard-codes {owner_repo}"
+            assert "colab.research.google.com" not in text, f"{source.name} hard-codes a Colab link"
+
+
+def test_each_notebook_executes_in_well_under_a_minute(book_build):
+    # CI runs the whole test suite on 2 cores; the book must stay a small part of it.
+    times = {
+        Path(path).stem: float(seconds)
+        for path, seconds in re.findall(r"^(\S+\.ipynb): Executed notebook in ([0-9.]+) seconds", book_build.log, re.M)
+    }
+    slow = {name: t for name, t in times.items() if t >= 60}
+    assert not slow, f"notebooks taking a minute or more to execute: {slow}"
+
+
 def test_each_chapter_links_its_exercise_in_colab(book_build):
     repo = config()["repository"]
     assert repo["url"] == "https://github.com/lossfn-course/loss-functions-zh"
