@@ -269,6 +269,15 @@ def __lossgrader_guard():
 
     sys.meta_path[:] = [f for f in sys.meta_path if legitimate(f)]
     sys.path_importer_cache.clear()
+    # The previous test cell imported a fresh lossgrader; point the notebook's `check` at it, so
+    # that the visible check line does not mix the setup cell's (older) modules with new ones.
+    module = sys.modules.get("lossgrader")
+    module_file = os.path.realpath(getattr(module, "__file__", None) or "/nonexistent")
+    if module_file.startswith(genuine + os.sep) and callable(getattr(module, "check", None)):
+        try:
+            get_ipython().user_ns["check"] = module.check
+        except Exception:
+            pass
     try:
         shell = get_ipython()
         shell.ast_node_interactivity = "last_expr"     # the test cell's last expression is its score
