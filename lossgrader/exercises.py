@@ -674,9 +674,9 @@ _list = [
                  ref.numerical_gradient, _numgrad_cases, forbidden=[AUTOGRAD], tol=(1e-6, 1e-9), time_limit=20.0,
                  mistakes=[
                      Mistake("你用的是前向差分 (f(x+ε) − f(x))/ε，误差是 O(ε)；中心差分 (f(x+ε) − f(x−ε))/(2ε) 的误差是 O(ε²)。",
-                             lambda f, x, eps=1e-6: _fd(f, x, eps, forward=True)),
-                     Mistake("中心差分的分母应是 2ε：你少除了 2。", lambda f, x, eps=1e-6: 2 * _fd(f, x, eps)),
-                     Mistake("分母多了一个 2（或步长用了 2ε）。", lambda f, x, eps=1e-6: 0.5 * _fd(f, x, eps)),
+                             lambda f, x, eps=1e-6: ref._finite_differences(f, x, eps, forward=True)),
+                     Mistake("中心差分的分母应是 2ε：你少除了 2。", lambda f, x, eps=1e-6: 2 * ref._finite_differences(f, x, eps)),
+                     Mistake("分母多了一个 2（或步长用了 2ε）。", lambda f, x, eps=1e-6: 0.5 * ref._finite_differences(f, x, eps)),
                  ]),
     Exercise("mse", "均方误差 MSE", "mse_loss", "(pred, target)", 1, "02_regression", ref.mse_loss,
              _regression_cases(), forbidden=[Forbidden("F.mse_loss / nn.MSELoss", _f("mse_loss"))],
@@ -902,22 +902,6 @@ _list = [
                    mistakes=[Mistake("加权交叉熵应除以目标类别权重之和，而不是 N。",
                                      lambda x, t, class_weights: (class_weights.to(x.dtype)[t] * _ce_rows(x, t)).sum() / x.shape[0])]),
 ]
-
-
-def _fd(f, x, eps, forward=False):
-    work = x.detach().clone().contiguous()
-    flat = work.view(-1)
-    grad = torch.empty_like(flat)
-    base = float(f(work))
-    for i in range(flat.numel()):
-        old = flat[i].item()
-        flat[i] = old + eps
-        plus = float(f(work))
-        flat[i] = old - eps
-        minus = float(f(work))
-        flat[i] = old
-        grad[i] = (plus - base) / eps if forward else (plus - minus) / (2 * eps)
-    return grad.view(x.shape)
 
 
 def _ls_km1(x, t, eps):

@@ -166,17 +166,26 @@ def combined_loss(logits, target, alpha=0.5):
 
 
 # ------------------------------------------------------------------ gradients
-@_reference
-def numerical_gradient(f, x, eps=1e-6):
+def _finite_differences(f, x, eps, forward=False):
+    """Central differences (f(x+ε) − f(x−ε))/(2ε) per element, or forward differences
+    (f(x+ε) − f(x))/ε (a typical mistake the grader recognises)."""
     work = x.detach().clone().contiguous()
     flat = work.view(-1)
     grad = torch.empty_like(flat)
+    base = float(f(work)) if forward else None
     for i in range(flat.numel()):
         old = flat[i].item()
         flat[i] = old + eps
         plus = float(f(work))
-        flat[i] = old - eps
-        minus = float(f(work))
+        if forward:
+            grad[i] = (plus - base) / eps
+        else:
+            flat[i] = old - eps
+            grad[i] = (plus - float(f(work))) / (2 * eps)
         flat[i] = old
-        grad[i] = (plus - minus) / (2 * eps)
     return grad.view(x.shape)
+
+
+@_reference
+def numerical_gradient(f, x, eps=1e-6):
+    return _finite_differences(f, x, eps)
