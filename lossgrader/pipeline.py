@@ -832,10 +832,18 @@ class Worker:
 
     def run(self, student, assignment, timeout):
         """Autograde one submission; returns the worker's reply or a failure dict."""
-        if self.proc is None or self.proc.poll() is not None:
-            self._start()
-        self.proc.stdin.write(json.dumps({"student": student, "assignment": assignment}) + "\n")
-        self.proc.stdin.flush()
+        job = json.dumps({"student": student, "assignment": assignment}) + "\n"
+        for attempt in range(2):
+            if self.proc is None or self.proc.poll() is not None:
+                self._start()
+            try:
+                self.proc.stdin.write(job)
+                self.proc.stdin.flush()
+                break
+            except OSError:            # the worker died between two jobs: start a new one
+                self.kill()
+                if attempt:
+                    return {"ok": False, "reason": "the autograde worker process died"}
         reply = self._read(timeout)
         if reply == "timeout":
             self.kill()
