@@ -7,6 +7,7 @@ rely on them.
 """
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -86,7 +87,8 @@ class Exercise:
             # with the hidden-only shapes, dtypes and edge cases
             cases = self.make_cases(Rand(key[0]), False)
             if key[1]:
-                cases += self.make_cases(Rand(key[0] + 1), True)
+                cases += [dataclasses.replace(c, name=f"{c.name}（隐藏用例）")
+                          for c in self.make_cases(Rand(key[0] + 1), True)]
             self._cache[key] = (cases, [self.expect(c) for c in cases])
         return self._cache[key]
 

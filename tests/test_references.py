@@ -15,6 +15,8 @@ hidden cases extending the visible ones.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import inspect
 import math
 import re
@@ -797,6 +799,9 @@ def test_case_generation_is_deterministic(ex_id):
         assert cases and len(cases) == len(expectations)
         # regenerated, not read from the cache: hidden = visible + a new set from seed + 1
         fresh = ex.make_cases(Rand(0), False) + (ex.make_cases(Rand(1), True) if hidden else [])
+        n_visible = len(ex.make_cases(Rand(0), False))
+        assert all(c.name.endswith("（隐藏用例）") for c in cases[n_visible:])
+        fresh = fresh[:n_visible] + [dataclasses.replace(c, name=f"{c.name}（隐藏用例）") for c in fresh[n_visible:]]
         assert len(fresh) == len(cases)
         for c1, c2 in zip(cases, fresh):
             _assert_same_case(c1, c2, f"{ex_id} hidden={hidden}")
