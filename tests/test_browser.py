@@ -13,6 +13,7 @@ unless CI=true, where its absence is a failure.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import urllib.parse
 from pathlib import Path
@@ -95,6 +96,11 @@ def test_every_chapter_renders_cleanly(site):
             if raw in text:
                 i = text.index(raw)
                 failures.append(f"{page}: raw TeX {raw!r} in the text: ...{text[max(0, i - 40):i + 40]!r}...")
+        # any TeX control word left outside code (e.g. "\\alpha" after a math span broke)
+        for m in re.finditer(r"\\[A-Za-z]+", text):
+            failures.append(f"{page}: raw TeX {m.group()!r} in the text: "
+                            f"...{text[max(0, m.start() - 40):m.end() + 40]!r}...")
+            break
         broken = browser.evaluate(BROKEN_IMAGES_JS)
         if broken:
             failures.append(f"{page}: images did not load: {broken}")
