@@ -9,7 +9,6 @@ the student's code match the reference gradients.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import time
 from dataclasses import dataclass
@@ -64,7 +63,6 @@ class Context:
         self.exercise = exercise
         self.device = device
         self.deadline = time.perf_counter() + budget_s
-        self.calls = []   # torch functions the student's code called, over all cases
 
     def remaining(self) -> float:
         return self.deadline - time.perf_counter()
@@ -102,8 +100,6 @@ def exception_hint(exc: BaseException, exercise=None) -> Optional[str]:
         return "所有张量必须在同一设备上：新建的张量请用 device=x.device，或对已有张量调用 .to(x.device)。"
     if "expected scalar type" in msg or "dtype" in msg.lower() and "expected" in msg.lower():
         return "张量的数据类型不一致：新建张量时请用 dtype=x.dtype（或 torch.zeros_like 等 *_like 函数）。"
-    if isinstance(exc, ReferenceUsed):
-        return None
     return None
 
 
@@ -292,10 +288,3 @@ def check(exercise: str, solution, *, points: float = 1.0, device=None, seed=Non
     score = round(points * passed / len(results), 4) if results else 0.0
     return Report(exercise=ex, points=points, score=score, results=results, captured=captured,
                   plot=plot, device=str(device), hidden=hidden, seconds=time.perf_counter() - started)
-
-
-def signature_of(obj) -> str:
-    try:
-        return str(inspect.signature(obj))
-    except (TypeError, ValueError):
-        return "(...)"

@@ -14,7 +14,6 @@ so the student notebooks in ``exercises/`` get
 Stamping happens before nbgrader's ``SaveCells``, so the gradebook records the
 stamped (released) version of the locked setup cell.
 """
-import os
 import re
 
 import yaml
