@@ -1,6 +1,6 @@
 """check(): runs a student's implementation on an exercise's cases and scores it.
 
-Each case calls the student's code once inside the sandbox (time limit, captured
+Each case calls the student's code once inside the guards (time limit, captured
 output, guarded exits, torch call spy), then compares the result's type, shape, dtype,
 device and value with the reference, checks that the inputs were left unchanged, that
 no forbidden built-in was called and, for losses, that autograd's gradients through
@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from . import sandbox
+from . import guards
 from .cases import Case
 from .references import ReferenceUsed
 
@@ -73,7 +73,7 @@ def _dtype_name(dtype) -> str:
 
 
 def describe_exception(exc: BaseException) -> str:
-    where = sandbox.student_frame(exc)
+    where = guards.student_frame(exc)
     text = f"{type(exc).__name__}: {exc}".strip()
     if len(text) > 400:
         text = text[:400] + " …"
@@ -111,16 +111,16 @@ def call_student(ctx: Context, thunk, spy: bool = True):
         raise CaseFailure("timeout", "时间已用尽，此用例未运行。")
     # the spy costs a Python call per torch op: only when the exercise has rules to enforce
     spy = spy and bool(ctx.exercise.forbidden or ctx.exercise.required)
-    recorder = sandbox.CallSpy() if spy else contextlib.nullcontext()
+    recorder = guards.CallSpy() if spy else contextlib.nullcontext()
     try:
-        with sandbox.time_limit(remaining):
-            with sandbox.student_code(), recorder:
+        with guards.time_limit(remaining):
+            with guards.student_code(), recorder:
                 result = thunk()
-    except sandbox.StudentTimeout:
+    except guards.StudentTimeout:
         raise CaseFailure("timeout", f"运行超时：本练习的时间限制为 {ctx.exercise.time_limit:g} 秒，"
                           "你的代码可能陷入了死循环或过慢。",
                           "检查循环的终止条件；尽量使用向量化的张量运算而不是 Python 循环。") from None
-    except sandbox.StudentExit as exc:
+    except guards.StudentExit as exc:
         raise CaseFailure("error", f"你的代码调用了 {exc.how}() 试图结束程序。",
                           "函数应当返回结果，而不是退出解释器。") from None
     except NotImplementedError:
@@ -273,7 +273,7 @@ def check(exercise: str, solution, *, points: float = 1.0, device=None, seed=Non
         raise ValueError("points must be non-negative")
     started = time.perf_counter()
     ctx = Context(ex, device, ex.time_limit * (3 if hidden else 1))
-    with sandbox.single_thread(), sandbox.capture_output() as captured, sandbox.guard_exits():
+    with guards.single_thread(), guards.capture_output() as captured, guards.guard_exits():
         problem = ex.validate_solution(solution)
         if problem is not None:
             results = [CaseResult("提交的对象", "", "notimpl" if solution is None else "fail", problem)]
@@ -282,7 +282,7 @@ def check(exercise: str, solution, *, points: float = 1.0, device=None, seed=Non
             results = run_cases(ctx, solution, cases, expectations)
     plot = None
     if any(r.status == "fail" for r in results) and ex.curve is not None and problem is None:
-        with sandbox.single_thread():
+        with guards.single_thread():
             plot = ex.curve.evaluate(solution, device)
     passed = sum(r.passed for r in results)
     score = round(points * passed / len(results), 4) if results else 0.0

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 
 import torch
 
-from . import sandbox
+from . import guards
+from .cjkfont import FONT_PATH, font_properties
 
-FONT_PATH = os.path.join(os.path.dirname(__file__), "fonts", "NotoSansSC-lossgrader-subset.otf")
 LEGEND_REFERENCE = "参考实现"
 LEGEND_STUDENT = "你的实现"
 POINTS = 97
@@ -58,8 +57,8 @@ class Curve:
         xs = torch.linspace(self.lo, self.hi, POINTS, dtype=torch.float64)
         expected = self.values(self.reference, xs, "cpu")
         try:
-            with sandbox.capture_output(), sandbox.guard_exits(), sandbox.time_limit(PLOT_SECONDS):
-                with sandbox.student_code():
+            with guards.capture_output(), guards.guard_exits(), guards.time_limit(PLOT_SECONDS):
+                with guards.student_code():
                     got = self.values(solution, xs, device)
         except BaseException as exc:  # timeout or exit: no plot rather than a crash
             if isinstance(exc, KeyboardInterrupt):
@@ -81,27 +80,10 @@ class CurveData:
         return self._png
 
 
-_FONT_FAMILY = None
-
-
-def _font():
-    """Font properties with the bundled CJK subset first and DejaVu Sans (matplotlib's
-    own font) as the fallback for the Latin glyphs the subset lacks (ŷ, −); registered
-    with matplotlib once per process."""
-    global _FONT_FAMILY
-    from matplotlib import font_manager
-    if _FONT_FAMILY is None:
-        _FONT_FAMILY = ["DejaVu Sans"]
-        if os.path.exists(FONT_PATH):
-            font_manager.fontManager.addfont(FONT_PATH)
-            _FONT_FAMILY = [font_manager.FontProperties(fname=FONT_PATH).get_name(), "DejaVu Sans"]
-    return font_manager.FontProperties(family=_FONT_FAMILY)
-
-
 def draw(xs, expected, got, xlabel) -> str:
     from matplotlib.figure import Figure
 
-    font = _font()
+    font = font_properties()
     fig = Figure(figsize=(5.2, 3.0), dpi=96)
     ax = fig.add_subplot()
     ax.plot(xs, expected, color="#1f77b4", lw=2.2, label=LEGEND_REFERENCE)

@@ -5,7 +5,7 @@ course teaches exactly what students will later call. Where it does not, the ref
 is written out from the formula in the book and tested against hand-computed values.
 
 Student code may not call these: they raise a ReferenceUsed error when called from
-inside a check (see lossgrader.sandbox.student_code).
+inside a check (see lossgrader.guards.student_code).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .sandbox import in_student_code
+from .guards import in_student_code
 
 
 class ReferenceUsed(RuntimeError):

@@ -109,7 +109,7 @@ def test_infinite_loop_times_out_off_the_main_thread(fast_mse, capfd):
     assert err == "" and out == ""
 
 
-@pytest.mark.xfail(strict=True, reason="known limit of lossgrader.sandbox.time_limit: off the main thread the "
+@pytest.mark.xfail(strict=True, reason="known limit of lossgrader.guards.time_limit: off the main thread the "
                    "watchdog's asynchronous exception cannot interrupt a blocking C call such as time.sleep")
 def test_sleep_times_out_off_the_main_thread():
     """time.sleep in a worker thread is a blocking C call that the watchdog's

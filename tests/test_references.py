@@ -31,7 +31,7 @@ import lossgrader
 import lossgrader.references as ref
 from lossgrader.cases import Case, Rand, SubgradientRange
 from lossgrader.exercises import EXERCISES
-from lossgrader.sandbox import student_code
+from lossgrader.guards import student_code
 
 D = torch.float64
 PROPS = settings(deadline=None, max_examples=25)

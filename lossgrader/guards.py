@@ -1,4 +1,4 @@
-"""Running untrusted student code: time limits, captured output, guarded exits and a
+"""In-process guards around untrusted student code: time limits, captured output, guarded exits and a
 spy that sees which torch functions the student's code calls.
 
 Everything here is a context manager that restores the interpreter exactly as it was,
