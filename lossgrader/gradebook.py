@@ -1,0 +1,862 @@
+"""The gradebook: the only module that opens nbgrader's database.
+
+One writer, nothing lost (issue 7, item 3):
+
+* Only the coordinating process (``lossgrader autograde``) writes, through ``register``,
+  ``write_result`` and ``restore``.  A grading worker never opens the database: it gets the
+  released cells as plain data (``released``) and returns a ``HandinResult`` that the
+  coordinator stores with ``write_result``, one transaction per hand-in.
+* Readers (``registered_assignments``, ``released``, ``submission_scores``, ``grade_rows``)
+  open SQLite read-only, so they never take a write lock and never change the file
+  (nbgrader's own ``Gradebook`` class creates tables and commits a course row on every open).
+* Every function checks the file first (``check_readable``): a truncated, overwritten or
+  foreign file raises ``GradebookError`` with what to do, and is never created over,
+  migrated or overwritten.
+* ``backup`` copies the database with SQLite's backup API into ``.lossgrader/backups/``
+  (the coordinator calls it before a batch writes); ``restore`` brings one back after
+  keeping the current file aside.  The documented one-liner, when the ``lossgrader restore``
+  command is not at hand::
+
+      python -c "from lossgrader.gradebook import restore; print(restore('.'))"
+
+Rows are written exactly as nbgrader's ``autograde`` (``SaveAutoGrades``) writes them, so
+``nbgrader generate_feedback``, ``nbgrader export`` and the formgrader read them unchanged.
+Only SQLite gradebooks are backed up and restored for now; another database URL (set as
+``CourseDirectory.db_url`` in ``nbgrader_config.py``) is read and written, not backed up.
+"""
+import contextlib
+import datetime
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sqlite3
+import urllib.parse
+
+GRADEBOOK_FILE = "gradebook.db"
+SCRATCH_DIR = ".lossgrader"                    # scratch release directory used to register assignments
+BACKUP_DIR = os.path.join(SCRATCH_DIR, "backups")
+KEEP_BACKUPS = 30
+STATUS_FILE = "lossgrader-status.json"
+BUSY_TIMEOUT = 60.0                            # seconds a connection waits for another one's lock
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_BACKUP_NAME = re.compile(r"^gradebook-(\d{8}T\d{6}\.\d{6})Z(?:-(\d+))?\.db$")
+_BROKEN_NAME = re.compile(r"^gradebook-broken-(\d{8}T\d{6}\.\d{6})Z(?:-(\d+))?\.db$")
+_SIDE_FILES = ("-journal", "-wal", "-shm")     # SQLite's companions of a database file
+
+RESTORE_HINT = ("To bring back the newest backup (the damaged file is kept aside), run "
+                "`lossgrader restore` in the course directory, or "
+                "python -c \"from lossgrader.gradebook import restore; print(restore('.'))\"; "
+                "backups are in .lossgrader/backups/. To start an empty gradebook instead, move the file away.")
+
+
+class GradebookError(Exception):
+    """The gradebook cannot be used as asked; the message says why and what to do."""
+
+
+class InvalidResult(GradebookError):
+    """A HandinResult that does not fit the registered assignment; nothing was written.
+
+    The coordinator records the hand-in as failed (HandinResult.failure) and goes on."""
+
+
+# --------------------------------------------------------------------------------------
+# Where the gradebook is
+# --------------------------------------------------------------------------------------
+
+def course_config(root):
+    """The course's nbgrader configuration (nbgrader_config.py at root), CourseDirectory.root set."""
+    from traitlets.config import Config
+    from traitlets.config.loader import PyFileConfigLoader
+
+    root = os.path.abspath(root)
+    if not os.path.isfile(os.path.join(root, "nbgrader_config.py")):
+        cfg = Config()
+    else:
+        try:
+            cfg = PyFileConfigLoader("nbgrader_config.py", path=root).load_config()
+        except Exception as exc:
+            raise GradebookError(f"{os.path.join(root, 'nbgrader_config.py')} cannot be loaded "
+                                 f"({exc.__class__.__name__}: {exc})") from exc
+    cfg.CourseDirectory.root = root
+    return cfg
+
+
+def db_url(root):
+    """The gradebook's database URL: nbgrader_config.py's CourseDirectory.db_url when it sets
+    one, else nbgrader's default, SQLite gradebook.db in the course directory."""
+    root = os.path.abspath(root)
+    cfg = course_config(root)
+    url = cfg.CourseDirectory.get("db_url")
+    if isinstance(url, str) and url:
+        return url
+    return "sqlite:///" + os.path.join(root, GRADEBOOK_FILE)
+
+
+def sqlite_path(url):
+    """The file of an SQLite URL (absolute), None for another database or an in-memory one."""
+    if not url.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return None
+    return os.path.abspath(database)
+
+
+def _ro_connect(path):
+    """A read-only sqlite3 connection to path: cannot create, change or take a write lock."""
+    uri = "file:" + urllib.parse.quote(path) + "?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, check_same_thread=False)
+
+
+# --------------------------------------------------------------------------------------
+# Is it a gradebook?
+# --------------------------------------------------------------------------------------
+
+def _required_schema():
+    """{table: {column, ...}} of nbgrader's gradebook (the installed nbgrader's models)."""
+    from nbgrader.api import Base
+
+    return {name: {c.name for c in table.columns} for name, table in Base.metadata.tables.items()}
+
+
+def _sqlite_problem(path):
+    """Why the SQLite file at path is not a readable nbgrader gradebook; None when it is."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return "the file is empty (0 bytes): it was truncated or overwritten"
+    with open(path, "rb") as fh:
+        header = fh.read(100)
+    if not header.startswith(_SQLITE_MAGIC):
+        return f"it is not an SQLite database (it starts with {header[:16]!r})"
+    if len(header) < 100:
+        return f"the file is truncated ({size} bytes, shorter than an SQLite header)"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    header_valid = header[24:28] == header[92:96]          # the size field is valid for this version
+    if header_valid and pages and size < pages * page_size:
+        return f"the file is truncated ({size} bytes, its header says {pages * page_size})"
+    try:
+        con = _ro_connect(path)
+    except sqlite3.Error as exc:
+        return f"SQLite cannot open it ({exc})"
+    try:
+        rows = con.execute("PRAGMA quick_check").fetchall()
+        if [r[0] for r in rows] != ["ok"]:
+            return "SQLite reports it damaged (" + "; ".join(str(r[0]) for r in rows[:3]) + ")"
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return "it is an SQLite database without any table, not an nbgrader gradebook"
+        required = _required_schema()
+        missing = sorted(set(required) - tables)
+        if missing:
+            return "it is an SQLite database without nbgrader's tables " + ", ".join(missing)
+        for table, columns in sorted(required.items()):
+            have = {r[1] for r in con.execute(f'PRAGMA table_info("{table}")')}
+            lacking = sorted(columns - have)
+            if lacking:
+                return (f"its table {table} lacks the columns {', '.join(lacking)}: it was written by "
+                        "another nbgrader version (back it up, then run `nbgrader db upgrade`)")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise GradebookError(f"the gradebook {path} stayed locked by another process for "
+                                 f"{BUSY_TIMEOUT:.0f} s; try again when it has finished") from exc
+        return f"SQLite cannot read it ({exc})"
+    except sqlite3.DatabaseError as exc:
+        return f"SQLite cannot read it ({exc})"
+    finally:
+        con.close()
+    return None
+
+
+def check_readable(url):
+    """Raise GradebookError when the gradebook at url exists but is not a readable nbgrader
+    gradebook (garbage, truncated, empty, a database without nbgrader's tables).
+
+    A gradebook that does not exist yet is fine (a new course).  The check only reads: an
+    unreadable file is never created over, migrated or overwritten."""
+    path = sqlite_path(url)
+    if path is None:
+        if url.startswith("sqlite:"):
+            return                               # in-memory: nothing to check
+        _check_server_database(url)
+        return
+    if not os.path.exists(path):
+        return
+    if not os.path.isfile(path):
+        raise GradebookError(f"The gradebook {path} is not a file. {RESTORE_HINT}")
+    problem = _sqlite_problem(path)
+    if problem:
+        raise GradebookError(f"The gradebook {path} is not a readable nbgrader gradebook: {problem}. "
+                             f"lossgrader has not changed it. {RESTORE_HINT}")
+
+
+def _check_server_database(url):
+    """check_readable for a database server (PostgreSQL, MySQL): read the table list only."""
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+    except Exception as exc:
+        raise GradebookError(f"The gradebook database {_safe_url(url)} cannot be read: {exc}") from exc
+    finally:
+        engine.dispose()
+    missing = sorted(set(_required_schema()) - tables)
+    if tables and missing:
+        raise GradebookError(f"The gradebook database {_safe_url(url)} is not an nbgrader gradebook: "
+                             f"it lacks the tables {', '.join(missing)}. lossgrader has not changed it.")
+
+
+def _safe_url(url):
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(database URL)"
+
+
+# --------------------------------------------------------------------------------------
+# Sessions: read-only for readers, one immediate transaction for the writer
+# --------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _reading(url):
+    """A read-only SQLAlchemy session over nbgrader's models; None when there is no gradebook."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+    from sqlalchemy.pool import NullPool
+
+    check_readable(url)
+    path = sqlite_path(url)
+    if path is not None:
+        if not os.path.exists(path):
+            yield None
+            return
+        engine = create_engine("sqlite://", creator=lambda: _ro_connect(path), poolclass=NullPool)
+    else:
+        engine = create_engine(url)
+    session = Session(engine, autoflush=False)
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def _writing(url):
+    """A session whose changes are committed together at the end, or not at all.
+
+    SQLite: the transaction starts with BEGIN IMMEDIATE (it takes the write lock at once,
+    waiting up to BUSY_TIMEOUT for readers), so it cannot fail half-way for a lock."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.orm import Session
+    from sqlalchemy.pool import NullPool
+
+    check_readable(url)
+    path = sqlite_path(url)
+    if path is not None:
+        if not os.path.exists(path):
+            raise GradebookError(f"There is no gradebook at {path} yet: register the assignments first "
+                                 "(`lossgrader generate --gradebook-only`).")
+
+        def connect():
+            con = sqlite3.connect(path, timeout=BUSY_TIMEOUT, check_same_thread=False)
+            con.isolation_level = None           # SQLAlchemy's BEGIN below, not pysqlite's own
+            return con
+
+        engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        engine = create_engine(url)
+    session = Session(engine, autoflush=True)
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------------------
+# Backups
+# --------------------------------------------------------------------------------------
+
+def _stamp():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def _unique(directory, prefix):
+    """A new file name prefix-<UTC timestamp>.db in directory, never an existing one."""
+    stamp = _stamp()
+    name = f"{prefix}-{stamp}.db"
+    n = 1
+    while os.path.exists(os.path.join(directory, name)):
+        n += 1
+        name = f"{prefix}-{stamp[:-1]}Z-{n}.db"
+    return os.path.join(directory, name)
+
+
+def _backup_dir(root):
+    return os.path.join(os.path.abspath(root), BACKUP_DIR)
+
+
+def _sorted_backups(directory, pattern):
+    """Backup paths matching pattern in directory, newest first."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        m = pattern.match(name)
+        if m:
+            found.append(((m.group(1), int(m.group(2) or 1)), os.path.join(directory, name)))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def list_backups(root, broken=False):
+    """Paths of the gradebook backups in .lossgrader/backups/, newest first.
+
+    broken=True lists instead the damaged gradebooks that restore() kept aside
+    (gradebook-broken-<UTC timestamp>.db)."""
+    return _sorted_backups(_backup_dir(root), _BROKEN_NAME if broken else _BACKUP_NAME)
+
+
+def _copy_database(source, dest):
+    """Copy the SQLite database source into the new file dest with SQLite's backup API
+    (consistent even while another process writes), then check the copy."""
+    part = dest + ".part"
+    if os.path.exists(part):
+        os.remove(part)
+    src = _ro_connect(source)
+    try:
+        dst = sqlite3.connect(part)
+        try:
+            src.backup(dst)
+            ok = dst.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    if ok != "ok":
+        os.remove(part)
+        raise GradebookError(f"The copy of {source} failed SQLite's check ({ok}); nothing was replaced.")
+    os.replace(part, dest)
+
+
+def backup(root, keep=KEEP_BACKUPS):
+    """Copy the gradebook into .lossgrader/backups/gradebook-<UTC timestamp>.db; returns its
+    path, or None when there is nothing to back up (no gradebook yet, or not SQLite).
+
+    Raises GradebookError when the gradebook is unreadable (a batch must not write over it).
+    Keeps the newest `keep` backups and deletes older ones (damaged copies are never deleted)."""
+    url = db_url(root)
+    path = sqlite_path(url)
+    if path is None:
+        return None
+    check_readable(url)
+    if not os.path.exists(path):
+        return None
+    directory = _backup_dir(root)
+    os.makedirs(directory, exist_ok=True)
+    dest = _unique(directory, "gradebook")
+    _copy_database(path, dest)
+    for old in list_backups(root)[max(1, keep):]:
+        os.remove(old)
+    return dest
+
+
+def restore(root, name=None):
+    """Bring back the newest backup, or the one named (file name or path in .lossgrader/backups/).
+
+    The current gradebook is kept first: a readable one as a new backup (so restore() again
+    undoes this one), an unreadable one copied byte for byte as gradebook-broken-<UTC
+    timestamp>.db.  Returns the path of the backup restored.  Run it while no other lossgrader
+    command uses the course."""
+    url = db_url(root)
+    path = sqlite_path(url)
+    if path is None:
+        raise GradebookError(f"restore handles SQLite gradebooks only; {_safe_url(url)} is not one: "
+                             "use the database server's own backups.")
+    backups = list_backups(root)
+    directory = _backup_dir(root)
+    if name is None:
+        if not backups:
+            raise GradebookError(f"There is no gradebook backup in {directory}.")
+        chosen = backups[0]
+    else:
+        chosen = os.path.join(directory, os.path.basename(name))
+        if chosen not in backups:
+            listed = ", ".join(os.path.basename(b) for b in backups[:5]) or "none"
+            raise GradebookError(f"No backup named {os.path.basename(name)} in {directory} "
+                                 f"(newest: {listed}).")
+    problem = _sqlite_problem(chosen)
+    if problem:
+        raise GradebookError(f"The backup {chosen} is not a readable gradebook either: {problem}.")
+
+    staged = path + ".restoring"
+    _copy_database(chosen, staged)                  # before backup() below may rotate `chosen` out
+    try:
+        if os.path.exists(path):
+            try:
+                check_readable(url)
+                readable = True
+            except GradebookError:
+                readable = False
+            if readable:
+                backup(root)
+            else:
+                os.makedirs(directory, exist_ok=True)
+                aside = _unique(directory, "gradebook-broken")
+                shutil.copyfile(path, aside)
+                for suffix in _SIDE_FILES:
+                    if os.path.exists(path + suffix):
+                        shutil.copyfile(path + suffix, aside + suffix)
+        for suffix in _SIDE_FILES:               # a journal of the old file must not meet the new one
+            if os.path.exists(path + suffix):
+                os.remove(path + suffix)
+        os.replace(staged, path)
+    finally:
+        if os.path.exists(staged):
+            os.remove(staged)
+    return chosen
+
+
+# --------------------------------------------------------------------------------------
+# Assignments
+# --------------------------------------------------------------------------------------
+
+def registered_assignments(root):
+    """Names of the assignments the gradebook knows with at least one notebook."""
+    from nbgrader.api import Assignment
+
+    with _reading(db_url(root)) as db:
+        if db is None:
+            return set()
+        return {a.name for a in db.query(Assignment) if a.notebooks}
+
+
+@contextlib.contextmanager
+def _quiet_logger(name):
+    """A logger whose records are collected (returned list) rather than printed."""
+    records = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            try:
+                records.append(self.format(record))
+            except Exception:
+                pass
+
+    log = logging.getLogger(name)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    handler = _Collect()
+    handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+    log.addHandler(handler)
+    try:
+        yield log, records
+    finally:
+        log.removeHandler(handler)
+
+
+def register(root, assignment_ids, force=False):
+    """Record assignments (notebooks, test cells, points, checksums) in the gradebook; returns
+    the ids registered (those already there are skipped unless force).
+
+    Runs nbgrader's generate_assignment with the course configuration but writes the
+    generated notebooks to a scratch directory (.lossgrader/release/): exercises/ is produced
+    by tools/generate_exercises.py and is not touched here.  The gradebook is backed up
+    before an existing one is changed."""
+    from nbgrader.converters import GenerateAssignment
+    from nbgrader.coursedir import CourseDirectory
+
+    root = os.path.abspath(root)
+    url = db_url(root)
+    check_readable(url)
+    have = registered_assignments(root)
+    todo = [aid for aid in assignment_ids if force or aid not in have]
+    if todo:
+        backup(root)
+    for aid in todo:
+        cfg = course_config(root)
+        cfg.CourseDirectory.db_url = url
+        cfg.CourseDirectory.release_directory = os.path.join(SCRATCH_DIR, "release")
+        cfg.CourseDirectory.assignment_id = aid
+        with _quiet_logger("lossgrader.register") as (log, records):
+            converter = GenerateAssignment(coursedir=CourseDirectory(config=cfg), config=cfg, log=log)
+            converter.force = True
+            try:
+                converter.start()
+            except Exception as exc:
+                raise GradebookError(f"registering {aid} in the gradebook failed: {exc}\n"
+                                     + "\n".join(records[-20:])) from exc
+    return todo
+
+
+def _cell_kinds(notebook):
+    """{name: (kind, points)} for every source cell of a gradebook Notebook."""
+    grade_points = {c.name: c.max_score for c in notebook.grade_cells}
+    solutions = {c.name for c in notebook.solution_cells}
+    task_points = {c.name: c.max_score for c in notebook.task_cells}
+    kinds = {}
+    for cell in notebook.source_cells:
+        name = cell.name
+        if name in grade_points and name in solutions:
+            kinds[name] = ("grade+solution", grade_points[name])
+        elif name in grade_points:
+            kinds[name] = ("grade", grade_points[name])
+        elif name in solutions:
+            kinds[name] = ("solution", None)
+        elif name in task_points:
+            kinds[name] = ("task", task_points[name])
+        else:
+            kinds[name] = ("locked", None)
+    return kinds
+
+
+def _instructor_order(root, assignment, notebook):
+    """{grade_id: cell index} in the instructor notebook (the course's source directory)."""
+    import nbformat
+
+    cfg = course_config(root)
+    source = cfg.CourseDirectory.get("source_directory")
+    source = source if isinstance(source, str) and source else "source"
+    path = os.path.join(os.path.abspath(root), source, assignment, notebook + ".ipynb")
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception:
+        return {}
+    order = {}
+    for i, cell in enumerate(nb.cells):
+        meta = cell.get("metadata", {}).get("nbgrader")
+        if isinstance(meta, dict) and isinstance(meta.get("grade_id"), str):
+            order.setdefault(meta["grade_id"], i)
+    return order
+
+
+def released(root, assignment):
+    """What was released of an assignment, as plain JSON-able data, for a worker that must
+    not open the gradebook (it restores deleted or tampered read-only and test cells)::
+
+        {"assignment": "01_overview", "max_score": 2.0,
+         "notebooks": {"01_overview": {"max_score": 2.0, "cells": [
+             {"name": "setup", "kind": "locked", "cell_type": "code", "locked": True,
+              "checksum": "...", "source": "...", "points": None, "position": 2}, ...]}}}
+
+    kind is one of "grade", "solution", "grade+solution", "task", "locked"; points is the
+    cell's points for grade and task cells, else None; source is the released source (test
+    cells with their hidden tests).  Cells are in the order of the instructor notebook
+    (position: its cell index there, None for a cell it no longer has, listed last)."""
+    from nbgrader.api import Assignment
+
+    with _reading(db_url(root)) as db:
+        found = db.query(Assignment).filter(Assignment.name == assignment).one_or_none() if db else None
+        if found is None or not found.notebooks:
+            raise GradebookError(f"The assignment {assignment} is not registered in the gradebook: "
+                                 "run `lossgrader generate --gradebook-only` first.")
+        notebooks = {}
+        for notebook in sorted(found.notebooks, key=lambda n: n.name):
+            kinds = _cell_kinds(notebook)
+            order = _instructor_order(root, assignment, notebook.name)
+            cells = []
+            for cell in notebook.source_cells:
+                kind, points = kinds[cell.name]
+                cells.append({"name": cell.name, "kind": kind, "cell_type": cell.cell_type,
+                              "locked": bool(cell.locked), "checksum": cell.checksum,
+                              "source": cell.source,
+                              "points": None if points is None else float(points),
+                              "position": order.get(cell.name)})
+            cells.sort(key=lambda c: (c["position"] is None, c["position"] or 0, c["name"]))
+            notebooks[notebook.name] = {"max_score": float(notebook.max_score or 0.0), "cells": cells}
+        return {"assignment": assignment, "max_score": float(found.max_score or 0.0),
+                "notebooks": notebooks}
+
+
+# --------------------------------------------------------------------------------------
+# The single writer
+# --------------------------------------------------------------------------------------
+
+def submission_timestamp(root, student, assignment):
+    """The hand-in's timestamp.txt (nbgrader's format) as text, None when absent or unreadable."""
+    from nbgrader.utils import parse_utc
+
+    path = os.path.join(os.path.abspath(root), "submitted", student, assignment, "timestamp.txt")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read().strip()
+        parse_utc(text)
+    except Exception:
+        return None
+    return text
+
+
+def _response_comment(notebook_json, grade_id, checksum):
+    """nbgrader's auto comment of a solution cell: "No response." when it is unchanged."""
+    from nbgrader import utils
+
+    if notebook_json is None:
+        return None
+    for cell in notebook_json.cells:
+        meta = cell.get("metadata", {}).get("nbgrader")
+        if isinstance(meta, dict) and meta.get("grade_id") == grade_id:
+            try:
+                return "No response." if utils.compute_checksum(cell) == checksum else None
+            except Exception:
+                return None
+    return "No response."                        # the answer cell is not in the hand-in
+
+
+def _apply_grade(grade, auto_score, failed):
+    """Set one Grade row as nbgrader's SaveAutoGrades does; the manual score is never touched."""
+    grade.auto_score = auto_score
+    if failed:
+        grade.needs_manual_grade = False
+    else:
+        grade.needs_manual_grade = grade.manual_score is not None or auto_score is None
+
+
+def _score_for(result, cell, kind, points):
+    """The auto score a HandinResult gives a grade or task cell (None: to grade by hand)."""
+    present = cell.name in result.scores
+    value = result.scores.get(cell.name)
+    autograded = kind == "grade" and cell.cell_type == "code"
+    if value is None:
+        if autograded:
+            raise InvalidResult(f"{result.student}/{result.assignment}: the result has no score for the "
+                                f"test cell {cell.name} ({'None' if present else 'missing'}); nothing was written.")
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InvalidResult(f"{result.student}/{result.assignment}: the score of {cell.name} is not a "
+                            f"number ({value!r}); nothing was written.") from None
+    if not math.isfinite(value) or not 0.0 <= value <= float(points) + 1e-9:
+        raise InvalidResult(f"{result.student}/{result.assignment}: the score {value!r} of {cell.name} "
+                            f"is outside [0, {float(points):g}]; nothing was written.")
+    return value
+
+
+def write_result(url, result, timestamp=None):
+    """Store one graded hand-in (a HandinResult) in ONE transaction: all its rows or none.
+
+    Creates the student and the submission when missing (and any submitted notebook, grade
+    or comment row a re-registered assignment added), then, as nbgrader's autograde does:
+
+    * status "graded": every grade cell gets the auto score from result.scores (test cells
+      must have one in [0, points]; a manually graded cell has None or no entry), and
+      needs_manual_grade = (the instructor gave a manual score) or (no auto score); solution
+      cells get the auto comment "No response." when unchanged in result.notebooks;
+    * status "failed": an explicit 0.0 for every grade and task cell, needs_manual_grade False;
+    * a manual score the instructor gave is kept (nbgrader's score uses it first);
+    * timestamp (nbgrader's timestamp.txt text or a datetime; see submission_timestamp)
+      sets the submission's timestamp when given.
+
+    Raises InvalidResult (nothing written) when the result does not fit the registered
+    assignment, GradebookError when the gradebook is missing or unreadable."""
+    import nbformat
+    from nbgrader.api import (Assignment, Comment, Grade, Student, SubmittedAssignment,
+                              SubmittedNotebook)
+    from nbgrader.utils import parse_utc
+
+    if result.status not in ("graded", "failed"):
+        raise InvalidResult(f"{result.student}/{result.assignment}: unknown status {result.status!r}; "
+                            "nothing was written.")
+    failed = result.status == "failed"
+    if timestamp is None:
+        timestamp = getattr(result, "timestamp", None)
+    if timestamp is not None:
+        try:
+            timestamp = parse_utc(timestamp)
+        except Exception:
+            raise InvalidResult(f"{result.student}/{result.assignment}: unreadable timestamp "
+                                f"{timestamp!r}; nothing was written.") from None
+
+    with _writing(url) as db:
+        assignment = db.query(Assignment).filter(Assignment.name == result.assignment).one_or_none()
+        if assignment is None or not assignment.notebooks:
+            raise InvalidResult(f"The assignment {result.assignment} is not registered in the gradebook; "
+                                f"{result.student}'s result was not written.")
+        graded_names = [c.name for nb in assignment.notebooks for c in list(nb.grade_cells) + list(nb.task_cells)]
+        if len(graded_names) != len(set(graded_names)):
+            raise InvalidResult(f"The assignment {result.assignment} uses a grade id in two notebooks: "
+                                "scores keyed by grade id would be ambiguous; nothing was written.")
+        if not failed:
+            unknown = sorted(set(result.scores) - set(graded_names))
+            if unknown:
+                raise InvalidResult(f"{result.student}/{result.assignment}: the result scores cells the "
+                                    f"gradebook does not know ({', '.join(unknown)}); nothing was written.")
+
+        student = db.get(Student, result.student)
+        if student is None:
+            student = Student(id=result.student)
+            db.add(student)
+        submission = (db.query(SubmittedAssignment)
+                      .filter(SubmittedAssignment.assignment_id == assignment.id,
+                              SubmittedAssignment.student_id == result.student)
+                      .one_or_none())
+        if submission is None:
+            submission = SubmittedAssignment(assignment=assignment, student=student)
+            db.add(submission)
+        if timestamp is not None:
+            submission.timestamp = timestamp
+
+        for notebook in assignment.notebooks:
+            submitted = next((s for s in submission.notebooks if s.notebook_id == notebook.id), None)
+            if submitted is None:
+                submitted = SubmittedNotebook(notebook=notebook, assignment=submission)
+                db.add(submitted)
+            grades = {g.cell_id: g for g in submitted.grades}
+            comments = {c.cell_id: c for c in submitted.comments}
+            kinds = _cell_kinds(notebook)
+            checksums = {c.name: c.checksum for c in notebook.source_cells}
+            text = result.notebooks.get(notebook.name) if not failed else None
+            try:
+                handed_in = nbformat.reads(text, as_version=4) if text else None
+            except Exception:
+                handed_in = None
+
+            for cell in list(notebook.grade_cells) + list(notebook.task_cells):
+                grade = grades.get(cell.id)
+                if grade is None:
+                    grade = Grade(cell_id=cell.id, notebook=submitted)
+                    db.add(grade)
+                kind, points = kinds.get(cell.name, ("grade", cell.max_score))
+                score = 0.0 if failed else _score_for(result, cell, kind, points)
+                _apply_grade(grade, score, failed)
+
+            for cell in list(notebook.solution_cells) + list(notebook.task_cells):
+                comment = comments.get(cell.id)
+                if comment is None:
+                    comment = Comment(cell_id=cell.id, notebook=submitted)
+                    db.add(comment)
+                if failed or kinds.get(cell.name, ("",))[0] == "task":
+                    comment.auto_comment = None
+                else:
+                    comment.auto_comment = _response_comment(handed_in, cell.name, checksums.get(cell.name))
+
+
+# --------------------------------------------------------------------------------------
+# Readers
+# --------------------------------------------------------------------------------------
+
+def _submission_scores(db, assignment, student):
+    """(score, max_score, {grade_id: score}, {grade_id needing manual grading}) or None."""
+    from nbgrader.api import Assignment, SubmittedAssignment
+
+    sub = (db.query(SubmittedAssignment)
+           .join(Assignment, Assignment.id == SubmittedAssignment.assignment_id)
+           .filter(Assignment.name == assignment, SubmittedAssignment.student_id == student)
+           .one_or_none())
+    if sub is None:
+        return None
+    cells, manual = {}, set()
+    for nb in sub.notebooks:
+        for g in nb.grades:
+            cells[g.cell.name] = float(g.score)
+            if g.needs_manual_grade:
+                manual.add(g.cell.name)
+    return float(sub.score or 0.0), float(sub.max_score or 0.0), cells, manual
+
+
+def submission_scores(url, assignment, student):
+    """(score, max_score, {grade_id: score}) of one submission, None when there is none.
+
+    A cell's score is nbgrader's: the instructor's manual score when given, else the auto
+    score, else 0.0 (a cell still to be graded by hand).  Read-only."""
+    with _reading(url) as db:
+        if db is None:
+            return None
+        found = _submission_scores(db, assignment, student)
+        return None if found is None else found[:3]
+
+
+def read_status(root):
+    """The autograde status file (lossgrader-status.json): {"student/assignment": entry}."""
+    try:
+        with open(os.path.join(os.path.abspath(root), STATUS_FILE), encoding="utf-8") as fh:
+            status = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def _source_assignments(root):
+    """Assignment ids of the source directory (<id>/<id>.ipynb)."""
+    cfg = course_config(root)
+    source = cfg.CourseDirectory.get("source_directory")
+    source = source if isinstance(source, str) and source else "source"
+    src = os.path.join(os.path.abspath(root), source)
+    if not os.path.isdir(src):
+        return set()
+    return {d for d in os.listdir(src) if os.path.isfile(os.path.join(src, d, d + ".ipynb"))}
+
+
+def _submitted_students(root, known):
+    """Students with a submitted/<student>/<assignment>/ folder for a known assignment."""
+    sub = os.path.join(os.path.abspath(root), "submitted")
+    if not os.path.isdir(sub):
+        return set()
+    found = set()
+    for student in os.listdir(sub):
+        sdir = os.path.join(sub, student)
+        if student.startswith(".") or not os.path.isdir(sdir):
+            continue
+        if any(os.path.isdir(os.path.join(sdir, aid)) for aid in known):
+            found.add(student)
+    return found
+
+
+def grade_rows(root):
+    """One row per (student, assignment) known to the gradebook or found in submitted/:
+    {"student_id", "assignment", "score", "max_score", "status", "reason"}.
+
+    status: "autograded", "failed" (reason from lossgrader-status.json), "missing" (no
+    submission) or "needs manual grading" (nbgrader's needs_manual_grade: a cell without an
+    auto score, or one whose manual score should be reviewed after autograding again).
+    Read-only."""
+    from nbgrader.api import Assignment, Student
+
+    status = read_status(root)
+    rows = []
+    with _reading(db_url(root)) as db:
+        if db is None:
+            return rows
+        assignments = sorted((a for a in db.query(Assignment) if a.notebooks), key=lambda a: a.name)
+        known = _source_assignments(root) | {a.name for a in assignments}
+        students = sorted({s.id for s in db.query(Student)} | _submitted_students(root, known))
+        for assignment in assignments:
+            for student in students:
+                scores = _submission_scores(db, assignment.name, student)
+                entry = status.get(f"{student}/{assignment.name}", {})
+                entry = entry if isinstance(entry, dict) else {}
+                if scores is None:
+                    score, max_score = 0.0, float(assignment.max_score or 0.0)
+                    state, reason = "missing", "no submission"
+                else:
+                    score, max_score = scores[0], scores[1]
+                    state = entry.get("status", "autograded")
+                    reason = entry.get("reason", "")
+                    if state != "failed" and scores[3]:
+                        state, reason = "needs manual grading", "cells to grade by hand: " + ", ".join(sorted(scores[3]))
+                rows.append({"student_id": student, "assignment": assignment.name,
+                             "score": round(score, 4), "max_score": round(max_score, 4),
+                             "status": state, "reason": reason})
+    return rows
