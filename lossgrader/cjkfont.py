@@ -34,9 +34,14 @@ def font_properties():
 
 
 def use_cjk_font() -> None:
-    """Make the subset matplotlib's default font (titles, labels, legends, annotations)."""
+    """Make the subset matplotlib's default font (titles, labels, legends, annotations).
+
+    ``font.family`` is the list itself, not the generic "sans-serif": a generic family
+    resolves to one font only, so characters the subset lacks (ŷ) would not fall back to
+    DejaVu Sans.
+    """
     import matplotlib
-    matplotlib.rcParams["font.family"] = "sans-serif"
+    matplotlib.rcParams["font.family"] = family()
     matplotlib.rcParams["font.sans-serif"] = family() + [
         f for f in matplotlib.rcParams["font.sans-serif"] if f not in family()]
     matplotlib.rcParams["axes.unicode_minus"] = False

@@ -1,0 +1,274 @@
+"""Every figure of the book draws its text with fonts that have the glyphs, on a machine
+without any system CJK font (Colab, a fresh install).
+
+The book's notebooks are executed (their code cells, in an IPython shell with the inline
+backend the book build uses) in a subprocess whose matplotlib font list holds only fonts
+without CJK glyphs: a fresh MPLCONFIGDIR with a font cache built from the system fonts
+minus every font that maps a CJK ideograph (Debian's fonts-noto-cjk included). What
+the figures need must then come from the course's own subset, lossgrader/fonts/, which
+the chapters load with ``use_cjk_font()``.
+
+Three independent witnesses of a missing glyph, all recorded in the subprocess:
+
+* every text artist that is drawn: each character outside ``$...$`` math must be in the
+  cmap of one of the fonts matplotlib resolves the artist's font properties to (the
+  fallback chain), and a CJK character in the course subset itself;
+* matplotlib's "Glyph ... missing from font(s) ..." warnings (even where a chapter
+  silences warnings);
+* matplotlib's log messages at WARNING or above (mathtext's "substituting with a dummy
+  symbol").
+
+``tools/make_font_subset.py --check`` is run as well: a character of a code cell or a
+grader label that the subset lacks fails it even before anything is drawn.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BOOK = Path(os.environ.get("LOSSBOOK_ROOT", REPO)).resolve() / "book"
+RUN_TIMEOUT_S = 300
+
+#: CJK ideographs, kana, hangul, CJK punctuation and full-width forms: these must come
+#: from the course subset, never from another font.
+CJK_RE = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef]")
+#: Unescaped $...$ math spans of a matplotlib string (mathtext draws them with its own fonts).
+#: matplotlib's messages about fonts and glyphs (other warnings are the build's business).
+FONT_MESSAGE_RE = re.compile(r"glyph|font", re.IGNORECASE)
+MATH_RE = re.compile(r"(?<!\\)\$(?:\\\$|[^$])*?(?<!\\)\$")
+
+
+def _has_cjk_glyphs(path: str) -> bool:
+    from matplotlib import ft2font
+    try:
+        font = ft2font.FT2Font(path)
+        faces = [font] + [ft2font.FT2Font(path, face_index=i) for i in range(1, font.num_faces)]
+    except Exception:
+        return False
+    return any(any(0x4E00 <= c <= 0x9FFF for c in face.get_charmap()) for face in faces)
+
+
+def make_font_cache_without_cjk(config_dir: Path) -> list[str]:
+    """Write matplotlib's font cache into config_dir, built from the system fonts minus every
+    font with CJK glyphs; returns the fonts left out."""
+    from matplotlib import font_manager
+
+    excluded: list[str] = []
+    original = font_manager.findSystemFonts
+
+    def without_cjk(fontpaths=None, fontext="ttf"):
+        found = []
+        for path in original(fontpaths, fontext):
+            if fontext != "afm" and _has_cjk_glyphs(path):
+                excluded.append(path)
+            else:
+                found.append(path)
+        return found
+
+    font_manager.findSystemFonts = without_cjk
+    try:
+        manager = font_manager.FontManager()
+    finally:
+        font_manager.findSystemFonts = original
+    config_dir.mkdir(parents=True, exist_ok=True)
+    font_manager.json_dump(manager, config_dir / f"fontlist-v{font_manager.FontManager.__version__}.json")
+    return sorted(set(excluded))
+
+
+def book_notebooks() -> list[Path]:
+    return sorted(BOOK.glob("*.ipynb"))
+
+
+def run_notebooks_without_cjk_fonts(notebooks, tmp_path: Path) -> dict:
+    """Execute notebooks in a subprocess that sees no system CJK font; returns its report."""
+    config_dir = tmp_path / "mplconfig"
+    excluded = make_font_cache_without_cjk(config_dir)
+    env = dict(os.environ)
+    env.update(
+        MPLCONFIGDIR=str(config_dir),
+        MPLBACKEND="module://matplotlib_inline.backend_inline",
+        LOSSGRADER_DEVICE="cpu",
+        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
+    )
+    report_path = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, __file__, str(report_path), *map(str, notebooks)],
+        cwd=BOOK, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    if not report_path.exists():
+        pytest.fail(f"the figure runner crashed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    report["excluded"] = excluded
+    report["stderr"] = proc.stderr
+    return report
+
+
+def test_font_subset_covers_the_book_code_and_grader_labels():
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "make_font_subset.py"), "--check"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_font_module_uses_the_shipped_subset():
+    from fontTools.ttLib import TTFont
+    from lossgrader import cjkfont
+    assert Path(cjkfont.FONT_PATH).is_file()
+    cmap = TTFont(cjkfont.FONT_PATH).getBestCmap()
+    # The commonly used characters (GB 2312 level 1) and CJK punctuation are all there.
+    for char in "损失函数的梯度与学习率，。：；（）“”、—" + "αβγδεθλμσ":
+        assert ord(char) in cmap, char
+    assert cjkfont.family()[0] == "Noto Sans CJK SC"
+
+
+@pytest.fixture(scope="module")
+def book_figures(tmp_path_factory):
+    notebooks = book_notebooks()
+    if not notebooks:
+        pytest.skip(f"no notebooks in {BOOK}")
+    return run_notebooks_without_cjk_fonts(notebooks, tmp_path_factory.mktemp("fonts"))
+
+
+def test_no_system_cjk_font_is_visible_to_the_figures(book_figures):
+    assert book_figures["visible_cjk_fonts"] == [], "the isolation from system CJK fonts failed"
+
+
+def test_book_notebooks_run(book_figures):
+    failed = {nb: error for nb, error in book_figures["errors"].items() if error}
+    assert not failed, failed
+
+
+def test_every_figure_text_has_its_glyphs(book_figures):
+    assert book_figures["texts_checked"] > 0
+    assert not book_figures["missing"], "\n".join(
+        f"{m['notebook']}: {m['char']!r} (U+{ord(m['char']):04X}) of {m['text']!r} has no glyph in "
+        f"{m['fonts']}" for m in book_figures["missing"])
+
+
+def test_matplotlib_reports_no_missing_glyph(book_figures):
+    assert not book_figures["warnings"], "\n".join(book_figures["warnings"])
+
+
+def test_chinese_figure_text_is_drawn_with_the_course_font(book_figures):
+    """Every chapter that draws Chinese text draws it (and so registers) the subset."""
+    assert book_figures["cjk_texts"] > 0, "no figure of the book has Chinese text"
+
+
+def test_a_character_missing_from_the_subset_is_caught(tmp_path):
+    """The checks fail on a chapter that draws a character the subset lacks (龘)."""
+    from fontTools.ttLib import TTFont
+    from lossgrader import cjkfont
+    rare = "龘"
+    assert ord(rare) not in TTFont(cjkfont.FONT_PATH).getBestCmap()
+    cell = ("import matplotlib.pyplot as plt\n"
+            "from lossgrader.cjkfont import use_cjk_font\n"
+            "use_cjk_font()\n"
+            "import warnings; warnings.simplefilter('ignore')\n"
+            f"fig, ax = plt.subplots(); ax.set_title('损失 {rare}'); ax.set_xlabel('残差 $y-\\\\hat{{y}}$')\n"
+            "plt.show()\n")
+    notebook = {"cells": [{"cell_type": "code", "source": cell, "metadata": {}, "outputs": [],
+                           "execution_count": None}],
+                "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "rare.ipynb"
+    path.write_text(json.dumps(notebook, ensure_ascii=False), encoding="utf-8")
+    report = run_notebooks_without_cjk_fonts([path], tmp_path)
+    assert report["errors"][str(path)] is None
+    assert {m["char"] for m in report["missing"]} == {rare}
+    assert any("missing from font" in w for w in report["warnings"])
+
+
+# -- the runner (executed in the subprocess) ---------------------------------------------
+
+
+def _runner(report_path: str, notebooks: list[str]) -> None:
+    import logging
+    import warnings
+
+    import matplotlib
+    from IPython.core.interactiveshell import InteractiveShell
+    from matplotlib import _api, font_manager, ft2font
+    from matplotlib.text import Text
+
+    report = {"visible_cjk_fonts": [], "errors": {}, "missing": [], "warnings": [],
+              "texts_checked": 0, "cjk_texts": 0}
+    report["visible_cjk_fonts"] = sorted({f.fname for f in font_manager.fontManager.ttflist
+                                          if _has_cjk_glyphs(f.fname)})
+    subset_path = os.path.realpath(os.path.join(REPO, "lossgrader", "fonts", "NotoSansSC-lossgrader-subset.otf"))
+    current = {"notebook": None}
+    cmaps: dict[str, set] = {}
+
+    def cmap(path):
+        if path not in cmaps:
+            cmaps[path] = set(ft2font.FT2Font(path).get_charmap())
+        return cmaps[path]
+
+    original_draw = Text.draw
+
+    def checked_draw(self, renderer):
+        text = self.get_text() if self.get_visible() else ""
+        if text:
+            report["texts_checked"] += 1
+            plain = text if self.get_usetex() else MATH_RE.sub("", text)
+            fonts = [os.path.realpath(p) for p in
+                     font_manager.fontManager._find_fonts_by_props(self.get_fontproperties())]
+            if CJK_RE.search(plain):
+                report["cjk_texts"] += 1
+            for char in sorted(set(plain) - set(" \n\t")):
+                owners = [p for p in fonts if ord(char) in cmap(p)]
+                cjk = CJK_RE.match(char)
+                entry = {"notebook": current["notebook"], "text": text, "char": char, "fonts": fonts}
+                if (not owners or (cjk and subset_path not in owners)) and entry not in report["missing"]:
+                    report["missing"].append(entry)
+        return original_draw(self, renderer)
+
+    Text.draw = checked_draw
+
+    original_warn = _api.warn_external
+
+    def recording_warn(message, category=None):
+        if FONT_MESSAGE_RE.search(str(message)):
+            report["warnings"].append(f"{current['notebook']}: {message}")
+        return original_warn(message, category)
+
+    _api.warn_external = recording_warn
+
+    class Recorder(logging.Handler):
+        def emit(self, record):
+            if FONT_MESSAGE_RE.search(record.getMessage()):
+                report["warnings"].append(f"{current['notebook']}: [{record.name}] {record.getMessage()}")
+
+    logging.getLogger("matplotlib").addHandler(Recorder(level=logging.WARNING))
+
+    shell = InteractiveShell.instance()
+    import matplotlib.pyplot as plt
+    for notebook in notebooks:
+        current["notebook"] = notebook
+        report["errors"][notebook] = None
+        shell.reset(new_session=False)
+        plt.close("all")
+        with warnings.catch_warnings():
+            matplotlib.rcdefaults()  # each chapter sets up its own fonts
+            cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
+            for index, cell in enumerate(c for c in cells if c["cell_type"] == "code"):
+                source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+                result = shell.run_cell(source, store_history=False, silent=False)
+                if not result.success:
+                    error = result.error_in_exec or result.error_before_exec
+                    report["errors"][notebook] = f"code cell {index}: {error!r}"
+                    break
+            for number in plt.get_fignums():  # figures a chapter never showed
+                plt.figure(number).canvas.draw()
+            plt.close("all")
+    Path(report_path).write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    _runner(sys.argv[1], sys.argv[2:])
