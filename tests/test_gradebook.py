@@ -406,3 +406,24 @@ def test_timestamp_comes_from_the_hand_in(course):
     with open(os.path.join(d, "timestamp.txt"), "w", encoding="utf-8") as fh:
         fh.write("not a date")
     assert G.submission_timestamp(course, "alice", A) is None
+
+
+def test_nbgrader_generate_feedback_reads_the_written_rows(course):
+    from nbgrader.converters import GenerateFeedback
+    from nbgrader.coursedir import CourseDirectory
+
+    G.write_result(G.db_url(course), _graded(course, test=1.5, written=1.0))
+    autograded = os.path.join(course, "autograded", "alice", A)
+    os.makedirs(autograded)
+    with open(os.path.join(autograded, A + ".ipynb"), "w", encoding="utf-8") as fh:
+        fh.write(_released_notebook(course))
+    cfg = G.course_config(course)
+    cfg.CourseDirectory.assignment_id = A
+    cfg.CourseDirectory.student_id = "alice"
+    converter = GenerateFeedback(coursedir=CourseDirectory(config=cfg), config=cfg)
+    converter.force = True
+    converter.start()
+    with open(os.path.join(course, "feedback", "alice", A, A + ".html"), encoding="utf-8") as fh:
+        page = fh.read()
+    for shown in ("Score: 2.5 / 4.0", "Score: 1.5 / 2.0", "Score: 1.0 / 1.0"):   # total, test, written
+        assert shown in page
