@@ -13,9 +13,9 @@ overrides that default. Student code never makes check raise or write to stderr.
 
 ``EXERCISES`` lists every exercise: id, title, func_name, signature, points, assignment.
 """
-from .engine import _package, check, resolve_device
-
-EXERCISES, Report = _package()
+from .engine import check, resolve_device
+from .exercises import EXERCISES
+from .report import Report
 
 __all__ = ["check", "EXERCISES", "Report", "resolve_device"]
 __version__ = "0.1.0"

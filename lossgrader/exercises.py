@@ -8,6 +8,7 @@ rely on them.
 from __future__ import annotations
 
 import dataclasses
+import html
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -18,9 +19,23 @@ import torch.nn.functional as F
 
 from . import references as ref
 from .cases import Case, Rand, SubgradientRange
-from .engine import (CaseFailure, call_student, check_forbidden, check_tensor_result, check_unchanged,
-                     compare, nonfinite_failure)
+from .judge import (NOT_A_LOSS_HINT, CaseFailure, check_call, check_forbidden, check_tensor_result,
+                    check_unchanged, compare, nonfinite_failure)
+from .runtime import INPUT_FUNCTIONS, decode_arg, encode_arg, qualname
 from .plots import Curve
+
+
+# F functions whose ATen operator has its own kernel: the runtime's dispatch spy sees it
+# whatever Python route reached it (torch._C._nn.*, torch.ops.aten.*, DisableTorchFunction).
+_ATEN_OPS = {
+    "mse_loss": ("aten.mse_loss",),
+    "huber_loss": ("aten.huber_loss",),
+    "smooth_l1_loss": ("aten.smooth_l1_loss",),
+    "binary_cross_entropy": ("aten.binary_cross_entropy",),
+    "binary_cross_entropy_with_logits": ("aten.binary_cross_entropy_with_logits",),
+    "nll_loss": ("aten.nll_loss_forward", "aten.nll_loss2d_forward", "aten.nll_loss_nd"),
+    "cross_entropy": ("aten.nll_loss_forward", "aten.nll_loss2d_forward", "aten.nll_loss_nd"),
+}
 
 
 @dataclass(frozen=True)
@@ -30,8 +45,20 @@ class Forbidden:
     when: Optional[Callable[[dict], bool]] = None
     message: Optional[str] = None   # replaces the default "write it yourself" message
 
-    def matches(self, func, kwargs) -> bool:
-        return func in self.funcs and (self.when is None or self.when(kwargs))
+    @property
+    def names(self) -> frozenset:
+        """The names the runtime reports for these functions: the Python function, its
+        torch._C._nn twin and, for rules without a keyword condition, the ATen operator."""
+        names = {qualname(f) for f in self.funcs}
+        for f in self.funcs:
+            short = getattr(f, "__name__", "")
+            names.add(f"torch._C._nn.{short}")
+            if self.when is None:
+                names.update(_ATEN_OPS.get(short, ()))
+        return frozenset(names)
+
+    def matches(self, name, kwargs) -> bool:
+        return name in self.names and (self.when is None or self.when(kwargs))
 
 
 @dataclass(frozen=True)
@@ -42,7 +69,6 @@ class Mistake:
 
 
 AUTOGRAD = Forbidden("自动求导（.backward() / torch.autograd.grad）", (torch.Tensor.backward, torch.autograd.grad))
-NOT_A_LOSS_HINT = "检查是否在计算中用了 .detach()、.item()、.data 或不可导的运算（如 round、argmax）。"
 
 
 ONEHOT_HINT = ("目标是类别索引，形状 (N, *)：先把它转成与 logits 同形状 (N, C, *) 的 one-hot，"
@@ -50,7 +76,9 @@ ONEHOT_HINT = ("目标是类别索引，形状 (N, *)：先把它转成与 logit
 
 
 class Exercise:
+    """A loss function: graded on its value and on autograd's gradients through it."""
     kind = "loss"
+    runtime_kind = "loss"       # how lossgrader.runtime calls the student's code
 
     def __init__(self, id, title, func_name, signature, points, assignment, reference, make_cases, *,
                  forbidden=(), mistakes=(), curve=None, tol=None, time_limit=10.0, required=None,
@@ -103,7 +131,18 @@ class Exercise:
             grads = torch.autograd.grad(value, [args[i] for i in case.grad_args])
         return value.detach(), tuple(g.detach() for g in grads)
 
-    # ----------------------------------------------------------- grading
+    # ----------------------------------------------------------- what the runtime is sent
+    def request(self, cases, device, hidden=False) -> dict:
+        """The runtime's request: inputs only, never expected values (see lossgrader.runtime)."""
+        return {"kind": self.runtime_kind, "device": str(device), "time_limit": self.time_limit * (3 if hidden else 1),
+                "spy": bool(self.forbidden or self.required),
+                "cases": [self.request_case(c) for c in cases]}
+
+    def request_case(self, case: Case) -> dict:
+        return {"args": [encode_arg(a) for a in case.args], "kwargs": dict(case.kwargs),
+                "grad_args": list(case.grad_args), "value_only": bool(case.value_only)}
+
+    # ----------------------------------------------------------- judging
     def validate_solution(self, solution) -> Optional[str]:
         if solution is None:
             return "尚未实现：传给 check 的是 None。"
@@ -111,32 +150,33 @@ class Exercise:
             return f"传给 check 的应是函数 {self.func_name}，而不是 {type(solution).__name__}。"
         return None
 
-    def run_case(self, ctx, solution, case, expected):
-        self.check_loss(ctx, solution, case, expected)
+    def judge(self, case, expected, response, device):
+        """Raise a CaseFailure unless the response is a correct answer to the case."""
+        self.judge_loss(case, expected, response, device)
 
-    def check_loss(self, ctx, fn, case, expected, prefix=""):
+    def judge_loss(self, case, expected, response, device, prefix=""):
         value, grads = expected
-        args, kwargs = case.materialize(ctx.device)
-        out, calls = call_student(ctx, lambda: fn(*args, **kwargs))
-        check_forbidden(ctx, calls)
-        self.check_required(calls)
+        check_call(response, self)
+        check_forbidden(response.get("calls", ()), self.forbidden)
+        self.check_required(response.get("calls", ()))
         dtype = case.float_dtype()
-        check_tensor_result(out, (), dtype, ctx.device)
-        check_unchanged(case.args, args)
-        diff = compare(out, value, dtype, self.tol)
+        got = check_tensor_result(response.get("out", {}), (), dtype, device)
+        check_unchanged(response.get("mutated"))
+        diff = compare(got, value, dtype, self.tol)
         if diff:
-            if not bool(torch.isfinite(out.detach()).all()):
+            if not bool(torch.isfinite(got).all()):
                 raise nonfinite_failure(case)
             raise CaseFailure("fail", f"{prefix}损失值不对：{diff}")
         if case.value_only or not case.grad_args:
             return
-        if not out.requires_grad:
+        if not response["out"].get("requires_grad"):
             raise CaseFailure("fail", f"{prefix}梯度无法回传：返回的张量不在计算图中（requires_grad=False）。",
                               "不要用 .item()、.detach()、torch.tensor(...) 重新包装结果，也不要在 NumPy 中计算："
                               "这些都会切断计算图。")
-        inputs = [args[i] for i in case.grad_args]
-        got, _ = call_student(ctx, lambda: torch.autograd.grad(out, inputs, allow_unused=True), spy=False)
-        for k, (i, g, e) in enumerate(zip(case.grad_args, got, grads)):
+        check_call(response.get("grad_call", {"status": "missing"}), self)
+        got_grads = response.get("grads") or []
+        for k, (i, e) in enumerate(zip(case.grad_args, grads)):
+            g = got_grads[k] if k < len(got_grads) else None
             if g is None:
                 raise CaseFailure("fail", f"{prefix}梯度没有流回第 {i + 1} 个输入：它不在计算图中。", NOT_A_LOSS_HINT)
             diff = compare(g, e, dtype, self.tol, case.subgrad.get(i))
@@ -149,24 +189,28 @@ class Exercise:
         if self.required is None:
             return
         name, funcs = self.required
-        if not any(f in funcs for f, _ in calls):
+        wanted = Forbidden(name, funcs).names
+        if not any(called in wanted for called, _ in calls):
             raise CaseFailure("fail", f"本练习要求使用 <code>{name}</code>。")
 
-    def diagnose(self, ctx, solution, case) -> Optional[str]:
+    @staticmethod
+    def student_value(response):
+        """The value the student's code returned for a case (CPU tensor), or None."""
+        out = response.get("out") if isinstance(response, dict) else None
+        value = out.get("value") if isinstance(out, dict) else None
+        return value if isinstance(value, torch.Tensor) else None
+
+    def diagnose(self, case, response) -> Optional[str]:
         """The hint of the first typical mistake the student's result matches."""
         if not self.mistakes:
             return None
-        args, kwargs = case.materialize("cpu")
-        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-        try:
-            got, _ = call_student(ctx, lambda: self.call_for_value(solution, case, args, kwargs))
-        except CaseFailure:
+        got = self.student_value(response)
+        if got is None:
             return None
-        if not isinstance(got, torch.Tensor):
-            return None
+        args = tuple(decode_arg(a) for a in case.args)
         for mistake in self.mistakes:
             try:
-                wrong = self.call_for_value(mistake.fn, case, args, kwargs)
+                wrong = self.call_for_value(mistake.fn, case, args, dict(case.kwargs))
                 if compare(got, wrong, case.float_dtype(), self.tol) is None:
                     return mistake.hint
             except Exception:
@@ -179,24 +223,23 @@ class Exercise:
 
 class GradExercise(Exercise):
     """The student returns a gradient tensor shaped like the first input."""
-    kind = "gradient"
+    kind = runtime_kind = "gradient"
 
     def expect(self, case):
         fn = getattr(self.reference, "__wrapped_reference__", self.reference)
         return fn(*case.args, **case.kwargs), ()
 
-    def run_case(self, ctx, solution, case, expected):
+    def judge(self, case, expected, response, device):
         value, _ = expected
-        args, kwargs = case.materialize(ctx.device)
-        out, calls = call_student(ctx, lambda: solution(*args, **kwargs))
-        check_forbidden(ctx, calls)
+        check_call(response, self)
+        check_forbidden(response.get("calls", ()), self.forbidden)
         like = next(a for a in case.args if isinstance(a, torch.Tensor))
         dtype = case.float_dtype()
-        check_tensor_result(out, like.shape, dtype, ctx.device)
-        check_unchanged(case.args, args)
-        diff = compare(out, value, dtype, self.tol, case.subgrad.get(0))
+        got = check_tensor_result(response.get("out", {}), like.shape, dtype, device)
+        check_unchanged(response.get("mutated"))
+        diff = compare(got, value, dtype, self.tol, case.subgrad.get(0))
         if diff:
-            if not bool(torch.isfinite(out.detach()).all()):
+            if not bool(torch.isfinite(got).all()):
                 raise nonfinite_failure(case)
             raise CaseFailure("fail", f"梯度值不对：{diff}")
 
@@ -204,7 +247,7 @@ class GradExercise(Exercise):
 class ModuleExercise(Exercise):
     """The student writes an nn.Module class; it is built with the case's constructor
     arguments, run before and after .to(device), and must hold no parameters."""
-    kind = "module"
+    kind = runtime_kind = "module"
 
     def validate_solution(self, solution):
         if solution is None:
@@ -217,19 +260,31 @@ class ModuleExercise(Exercise):
         merged = Case(case.name, case.args, {**case.kwargs, **(case.init_kwargs or {})}, case.grad_args)
         return Exercise.expect(self, merged)
 
-    def run_case(self, ctx, solution, case, expected):
-        init = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in (case.init_kwargs or {}).items()}
-        module, _ = call_student(ctx, lambda: solution(**init))
-        if not isinstance(module, nn.Module):
+    def request_case(self, case):
+        return {**Exercise.request_case(self, case), "init_kwargs": dict(case.init_kwargs or {})}
+
+    def judge(self, case, expected, response, device):
+        init = response.get("init", {"status": "missing"})
+        check_call(init, self)
+        if "typename" in init:
             raise CaseFailure("fail", f"{self.func_name}(...) 没有得到 nn.Module 实例。",
                               "记得在 __init__ 中调用 super().__init__()。")
-        params, _ = call_student(ctx, lambda: [name for name, _ in module.named_parameters()], spy=False)
+        check_call(response.get("params_call", {"status": "missing"}), self)
+        params = [html.escape(str(p)) for p in response.get("params", [])]
         if params:
             raise CaseFailure("fail", f"模块含有可训练参数 {', '.join(params)}：损失函数不应有参数，否则优化器会去“训练”它们。",
                               "固定的张量（如类别权重）请用 self.register_buffer(...) 注册，或保存为普通属性。")
-        self.check_loss(ctx, module, case, expected, prefix="（模块在 CPU 上、输入在目标设备上）")
-        call_student(ctx, lambda: module.to(ctx.device), spy=False)
-        self.check_loss(ctx, module, case, expected, prefix=f"（调用 .to({ctx.device}) 之后）")
+        runs = response["runs"]
+        self.judge_loss(case, expected, runs[0], device, prefix="（模块在 CPU 上、输入在目标设备上）")
+        check_call(response.get("moved", {"status": "missing"}), self)
+        if len(runs) < 2:
+            raise CaseFailure("error", "评分器没有收到模块移动到目标设备之后的运行结果。")
+        self.judge_loss(case, expected, runs[1], device, prefix=f"（调用 .to({device}) 之后）")
+
+    @staticmethod
+    def student_value(response):
+        runs = response.get("runs") if isinstance(response, dict) else None
+        return Exercise.student_value(runs[0]) if runs else None
 
     def call_for_value(self, fn, case, args, kwargs):
         init = dict(case.init_kwargs or {})
@@ -239,18 +294,29 @@ class ModuleExercise(Exercise):
 
 
 class OutcomeExercise(Exercise):
-    """Graded by what the student's function achieves on data the grader generates."""
+    """Graded by what the student's function achieves on data the grader generates.
+    ``returns`` "pair": the function returns (w, b); "model": it returns a model whose logits
+    on held-out inputs are judged. ``request_fields`` lists the case's constructor data the
+    runtime may see (never the answers: the true line, the test labels)."""
+
     kind = "outcome"
 
-    def __init__(self, *args, evaluate, **kwargs):
+    def __init__(self, *args, evaluate, returns, request_fields=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.evaluate = evaluate
+        self.runtime_kind = returns
+        self.request_fields = tuple(request_fields)
 
     def expect(self, case):
         return None, ()
 
-    def run_case(self, ctx, solution, case, expected):
-        self.evaluate(ctx, solution, case)
+    def request_case(self, case):
+        extra = {k: case.init_kwargs[k] for k in self.request_fields}
+        return {"args": [encode_arg(a) for a in case.args], "kwargs": dict(case.kwargs), **extra}
+
+    def judge(self, case, expected, response, device):
+        check_call(response, self)
+        self.evaluate(self, case, response)
 
 
 # =================================================================== case factories
@@ -498,14 +564,7 @@ def _box_cases(r: Rand, hidden: bool):
 
 
 def _numgrad_cases(r: Rand, hidden: bool):
-    def cubic(x):
-        return (x ** 3).sum()
-
-    def wavy(x):
-        return (torch.sin(x) * x ** 2).sum()
-
-    def softplus_norm(x):
-        return torch.log1p(torch.exp(x)).sum() + (x ** 2).sum().sqrt()
+    cubic, wavy, softplus_norm = (INPUT_FUNCTIONS[n] for n in ("cubic", "wavy", "softplus_norm"))
 
     cases = [Case("f(x)=Σx³，x 形状 (5,)", (cubic, r.normal(5, dtype=torch.float64))),
              Case("f(x)=Σ sin(x)·x²，x 形状 (2, 3)，eps=1e-3", (wavy, r.normal(2, 3, dtype=torch.float64)),
@@ -560,15 +619,14 @@ def _ols(x, y):
     return float(w), float(ym - w * xm)
 
 
-def _evaluate_robust_fit(ctx, solution, case):
-    args, _ = case.materialize(ctx.device)
-    out, _ = call_student(ctx, lambda: solution(*args))
-    if out is None:
+def _evaluate_robust_fit(exercise, case, response):
+    out = response.get("out", {})
+    if out.get("type") == "none":
         raise CaseFailure("notimpl", "尚未实现：函数返回了 None。")
-    try:
-        w, b = (float(v) for v in out)
-    except Exception:
-        raise CaseFailure("fail", f"应返回 (w, b) 两个数，你的函数返回了 {type(out).__name__}。")
+    value = out.get("value") if out.get("type") == "tensor" else None
+    if not isinstance(value, torch.Tensor) or value.numel() != 2:
+        raise CaseFailure("fail", f"应返回 (w, b) 两个数，你的函数返回了 {html.escape(str(out.get('typename', '?')))}。")
+    w, b = (float(v) for v in value.reshape(-1))
     true_w, true_b = case.init_kwargs["w"], case.init_kwargs["b"]
     ols_w, _ = _ols(*(a.double() for a in case.args))
     if not (abs(w - true_w) <= 0.3 and abs(b - true_b) <= 0.5):
@@ -595,22 +653,17 @@ def _imbalanced_cases(r: Rand, hidden: bool):
     return cases
 
 
-def _evaluate_imbalanced(ctx, solution, case):
-    args, _ = case.materialize(ctx.device)
-    model, _ = call_student(ctx, lambda: solution(*args))
-    if model is None:
+def _evaluate_imbalanced(exercise, case, response):
+    out = response.get("out", {})
+    if out.get("type") == "none":
         raise CaseFailure("notimpl", "尚未实现：函数返回了 None。")
-    if not callable(model):
-        raise CaseFailure("fail", f"应返回训练好的模型（可调用对象），你的函数返回了 {type(model).__name__}。")
-    x_test = case.init_kwargs["x_test"].to(ctx.device)
+    if "predict" not in response:
+        raise CaseFailure("fail", f"应返回训练好的模型（可调用对象），你的函数返回了 {html.escape(str(out.get('typename', '?')))}。")
+    check_call(response["predict"], exercise)
     y_test = case.init_kwargs["y_test"]
-
-    def predict():
-        with torch.no_grad():
-            return model(x_test)
-    logits, _ = call_student(ctx, predict)
+    logits = out.get("value") if out.get("type") == "tensor" else None
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (len(y_test), 2):
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else html.escape(str(out.get("typename", "?")))
         raise CaseFailure("fail", f"模型对 (N, 2) 特征应输出 (N, 2) 的 logits，实际得到 {shape}。")
     pred = logits.argmax(dim=1).cpu()
     minority = y_test == 1
@@ -866,9 +919,10 @@ _list = [
                        Mistake("两部分没有按 α 加权：应为 α·CE + (1 − α)·Dice。",
                                lambda x, t, alpha=0.5: _ce_rows(x, t).mean() + _dice(x, t, 1.0))]),
     OutcomeExercise("robust_fit", "用 Huber 损失稳健地拟合直线", "fit_line_robust", "(x, y) -> (w, b)", 2, "05_selection",
-                    None, _robust_fit_cases, evaluate=_evaluate_robust_fit, time_limit=30.0),
+                    None, _robust_fit_cases, evaluate=_evaluate_robust_fit, returns="pair", time_limit=30.0),
     OutcomeExercise("imbalanced_recall", "不平衡数据：提高少数类召回率", "train_imbalanced", "(x, y) -> model", 2,
-                    "05_selection", None, _imbalanced_cases, evaluate=_evaluate_imbalanced, time_limit=60.0),
+                    "05_selection", None, _imbalanced_cases, evaluate=_evaluate_imbalanced, returns="model",
+                    request_fields=("x_test",), time_limit=60.0),
     Exercise("mae_api", "修正后的 MAE 代码片段（nn.L1Loss）", "mae_with_l1loss", "(pred, target)", 1, "06_code",
              ref.mae_loss, _regression_cases(), required=("nn.L1Loss", _f("l1_loss")),
              forbidden=[Forbidden("nn.MSELoss / F.mse_loss", _f("mse_loss"), message=(

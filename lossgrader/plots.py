@@ -11,7 +11,6 @@ import io
 
 import torch
 
-from . import guards
 from .cjkfont import FONT_PATH, font_properties
 
 LEGEND_REFERENCE = "参考实现"
@@ -39,32 +38,23 @@ class Curve:
         self.xlabel = xlabel
         self.lo, self.hi = lo, hi
 
-    def values(self, fn, xs, device):
-        ys = []
-        for x in xs:
-            args, kwargs = self.point(x.to(device))
-            try:
-                y = fn(*args, **kwargs)
-                y = float(torch.as_tensor(y).detach().reshape(-1)[0]) if y is not None else float("nan")
-            except Exception:
-                y = float("nan")
-            ys.append(y)
-        return ys
+    seconds = PLOT_SECONDS
 
-    def evaluate(self, solution, device):
-        """The points to plot, as a CurveData, or None when the student's code cannot be
-        plotted (its own sandbox: the output it prints was already shown once)."""
+    def points(self):
+        """(xs, the runtime's point requests, the reference's values): what the judge needs
+        to ask the runtime for the student's curve (see runtime.probe)."""
+        from .runtime import encode_arg
         xs = torch.linspace(self.lo, self.hi, POINTS, dtype=torch.float64)
-        expected = self.values(self.reference, xs, "cpu")
-        try:
-            with guards.capture_output(), guards.guard_exits(), guards.time_limit(PLOT_SECONDS):
-                with guards.student_code():
-                    got = self.values(solution, xs, device)
-        except BaseException as exc:  # timeout or exit: no plot rather than a crash
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            return None
-        return CurveData(xs.tolist(), expected, got, self.xlabel)
+        requests, expected = [], []
+        for x in xs:
+            args, kwargs = self.point(x)
+            requests.append({"args": [encode_arg(a) for a in args], "kwargs": dict(kwargs)})
+            y = self.reference(*args, **kwargs)
+            expected.append(float(torch.as_tensor(y).detach().reshape(-1)[0]))
+        return xs.tolist(), requests, expected
+
+    def data(self, xs, expected, got):
+        return CurveData(xs, expected, [float(y) for y in got], self.xlabel)
 
 
 class CurveData:

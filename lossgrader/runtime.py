@@ -1,0 +1,320 @@
+"""The student-side runtime: runs a student's function on the inputs the judge sent and
+returns what it produced, as plain data (tensors, strings, numbers). It decides nothing.
+
+It is the only part of lossgrader that runs inside the student's process when a class is
+autograded: the worker copies this file and ``guards.py`` into the sandbox as a package of
+their own, without the references, the registry or the expected values. So it imports
+only torch, the standard library and ``guards``.
+
+A request (``dict``) says which kind of exercise it is and lists the cases' inputs; the
+response lists, per case, the status of each call of student code, a description of what
+was returned (type, shape, dtype, device, the value moved to the CPU), gradients, whether
+an input was changed in place, and the torch functions and ATen operators that were
+called. ``lossgrader.judge`` and the exercises turn that into scores and feedback.
+
+In the sandbox the worker runs, in the kernel::
+
+    __import__("lossgrader.runtime").runtime.serve(request_path, response_path, mse_loss)
+
+and reads the response with ``torch.load(..., weights_only=True)``: no object of the
+student's process is ever unpickled on the trusted side.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+import torch.utils._python_dispatch
+
+from . import guards
+
+MAX_TEXT = 20_000             # characters of captured output kept per request
+MAX_ERROR = 2_000             # characters of an exception message kept
+
+
+# Functions passed as inputs (numerical_grad): cases name them, both sides know them.
+def cubic(x):
+    return (x ** 3).sum()
+
+
+def wavy(x):
+    return (torch.sin(x) * x ** 2).sum()
+
+
+def softplus_norm(x):
+    return torch.log1p(torch.exp(x)).sum() + (x ** 2).sum().sqrt()
+
+
+INPUT_FUNCTIONS = {f.__name__: f for f in (cubic, wavy, softplus_norm)}
+
+
+def qualname(func) -> str:
+    """A stable name for a torch callable, the same on both sides of the sandbox."""
+    module = getattr(func, "__module__", None) or ""
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    return f"{module}.{name}" if module else str(name)
+
+
+def encode_arg(value):
+    """A case input as plain data: tensors stay tensors, input functions become names."""
+    if callable(value) and getattr(value, "__name__", None) in INPUT_FUNCTIONS:
+        return {"__fn__": value.__name__}
+    return value
+
+
+def decode_arg(value):
+    if isinstance(value, dict) and set(value) == {"__fn__"}:
+        return INPUT_FUNCTIONS[value["__fn__"]]
+    return value
+
+
+# ----------------------------------------------------------------------------- spies
+class _DispatchSpy(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the ATen operators that run, whatever Python route reached them
+    (torch._C._nn.*, torch.ops.aten.*, calls under DisableTorchFunction)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(getattr(func, "overloadpacket", func)))
+        return func(*args, **(kwargs or {}))
+
+
+def _scalars(kwargs: dict) -> dict:
+    return {k: v for k, v in kwargs.items() if isinstance(v, (bool, int, float, str, type(None)))}
+
+
+class _Budget:
+    def __init__(self, seconds: float):
+        self.deadline = time.perf_counter() + float(seconds)
+
+    def remaining(self) -> float:
+        return self.deadline - time.perf_counter()
+
+
+def _error(exc: BaseException) -> dict:
+    where = guards.student_frame(exc)
+    return {"type": type(exc).__name__, "message": str(exc)[:MAX_ERROR],
+            "line": where[0] if where else None, "source": (where[1] if where else "")[:300]}
+
+
+def call(budget: _Budget, thunk, spy: bool = False) -> dict:
+    """Run ``thunk()`` (student code) within the remaining budget.
+
+    Returns {"status", "result" (the object, in-process only), "error", "calls"}; status is
+    "ok", "timeout", "budget" (no time left before the call), "exit", "notimpl",
+    "reference" (called one of lossgrader's references) or "raised"."""
+    remaining = budget.remaining()
+    if remaining <= 0:
+        return {"status": "budget", "calls": []}
+    function_spy = guards.CallSpy() if spy else None
+    dispatch_spy = _DispatchSpy() if spy else None
+    out = {"status": "ok", "calls": []}
+    try:
+        with guards.time_limit(remaining):
+            with guards.student_code():
+                if spy:
+                    with function_spy, dispatch_spy:
+                        out["result"] = thunk()
+                else:
+                    out["result"] = thunk()
+    except guards.StudentTimeout:
+        out = {"status": "timeout"}
+    except guards.StudentExit as exc:
+        out = {"status": "exit", "error": {"type": "exit", "message": exc.how, "line": None, "source": ""}}
+    except NotImplementedError:
+        out = {"status": "notimpl"}
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # any failure of the student's code is data for the judge
+        status = "reference" if type(exc).__name__ == "ReferenceUsed" else "raised"
+        out = {"status": status, "error": _error(exc)}
+    calls = []
+    if function_spy is not None:
+        calls += [[qualname(f), _scalars(kw)] for f, kw in function_spy.calls]
+        calls += [[op, {}] for op in dispatch_spy.ops]
+    out["calls"] = calls
+    return out
+
+
+def describe(result) -> dict:
+    """What the student's function returned, without keeping any of its objects."""
+    if result is None:
+        return {"type": "none"}
+    if isinstance(result, torch.Tensor):
+        return {"type": "tensor", "shape": list(result.shape), "dtype": str(result.dtype).replace("torch.", ""),
+                "device": str(result.device), "requires_grad": bool(result.requires_grad),
+                "value": result.detach().to("cpu", copy=True).contiguous()}
+    kind = type(result)
+    if isinstance(result, (bool, int, float)):
+        return {"type": "number", "typename": kind.__name__}
+    if kind.__module__.startswith("numpy"):
+        return {"type": "numpy", "typename": kind.__name__}
+    return {"type": "other", "typename": kind.__name__}
+
+
+def _materialize(case: dict, device) -> tuple:
+    """Fresh copies of the inputs on ``device`` (strides kept); differentiated inputs
+    become leaves requiring grad."""
+    grad_args = set(case.get("grad_args", ()))
+    args = []
+    for i, a in enumerate(case["args"]):
+        a = decode_arg(a)
+        if isinstance(a, torch.Tensor):
+            a = a.to(device, copy=True)
+            if i in grad_args:
+                a.requires_grad_(True)
+        args.append(a)
+    kwargs = {k: (v.to(device, copy=True) if isinstance(v, torch.Tensor) else decode_arg(v))
+              for k, v in case.get("kwargs", {}).items()}
+    return args, kwargs
+
+
+def _mutated(case: dict, args) -> list:
+    changed = []
+    for i, (orig, now) in enumerate(zip(case["args"], args)):
+        if isinstance(orig, torch.Tensor) and isinstance(now, torch.Tensor):
+            if not torch.equal(orig, now.detach().to("cpu")):
+                changed.append(i)
+    return changed
+
+
+def _strip(call_record: dict) -> dict:
+    return {k: v for k, v in call_record.items() if k != "result"}
+
+
+def run_function(fn, case: dict, device, budget: _Budget, spy: bool, gradients: bool) -> dict:
+    """One call of a loss (or gradient) function: value, autograd gradients, mutation."""
+    args, kwargs = _materialize(case, device)
+    record = call(budget, lambda: fn(*args, **kwargs), spy)
+    out = record.get("result")
+    response = _strip(record)
+    if record["status"] != "ok":
+        return response
+    response["out"] = describe(out)
+    response["mutated"] = _mutated(case, args)
+    grad_args = list(case.get("grad_args", ()))
+    if gradients and grad_args and not case.get("value_only") and isinstance(out, torch.Tensor) and out.requires_grad:
+        inputs = [args[i] for i in grad_args]
+        grads = call(budget, lambda: torch.autograd.grad(out, inputs, allow_unused=True))
+        response["grad_call"] = _strip(grads)
+        if grads["status"] == "ok":
+            response["grads"] = [None if g is None else g.detach().to("cpu", copy=True).contiguous()
+                                 for g in grads["result"]]
+    return response
+
+
+def run_module(cls, case: dict, device, budget: _Budget, spy: bool) -> dict:
+    """An nn.Module exercise: build it, list its parameters, run it with the module on the
+    CPU and the inputs on ``device``, then again after ``module.to(device)``."""
+    init = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in (case.get("init_kwargs") or {}).items()}
+    built = call(budget, lambda: cls(**init))
+    response = {"init": _strip(built)}
+    if built["status"] != "ok":
+        return response
+    module = built["result"]
+    if not isinstance(module, torch.nn.Module):
+        response["init"]["typename"] = type(module).__name__
+        return response
+    params = call(budget, lambda: [name for name, _ in module.named_parameters()])
+    response["params_call"] = _strip(params)
+    if params["status"] != "ok":
+        return response
+    response["params"] = list(params["result"])
+    response["runs"] = [run_function(module, case, device, budget, spy, True)]
+    moved = call(budget, lambda: module.to(device))
+    response["moved"] = _strip(moved)
+    if moved["status"] == "ok":
+        response["runs"].append(run_function(module, case, device, budget, spy, True))
+    return response
+
+
+def run_outcome(fn, case: dict, device, budget: _Budget, mode: str) -> dict:
+    """Outcome exercises: ``mode`` "pair" expects (w, b); "model" expects a model that is
+    then asked for the logits of ``case["x_test"]``."""
+    args, kwargs = _materialize(case, device)
+    record = call(budget, lambda: fn(*args, **kwargs))
+    response = _strip(record)
+    if record["status"] != "ok":
+        return response
+    out = record["result"]
+    if out is None:
+        response["out"] = {"type": "none"}
+    elif mode == "pair":
+        try:
+            w, b = (float(v) for v in out)
+            response["out"] = describe(torch.tensor([w, b], dtype=torch.float64))
+        except Exception:
+            response["out"] = {"type": "other", "typename": type(out).__name__}
+    elif not callable(out):
+        response["out"] = {"type": "other", "typename": type(out).__name__}
+    else:
+        x_test = case["x_test"].to(device)
+
+        def predict():
+            with torch.no_grad():
+                return out(x_test)
+        logits = call(budget, predict)
+        response["predict"] = _strip(logits)
+        if logits["status"] == "ok":
+            response["out"] = describe(logits["result"])
+    return response
+
+
+def run(request: dict, solution) -> dict:
+    """Run every case of ``request`` on ``solution``; see the module docstring."""
+    device = torch.device(request["device"])
+    budget = _Budget(request["time_limit"])
+    kind, spy = request["kind"], bool(request.get("spy"))
+    responses = []
+    with guards.single_thread(), guards.capture_output() as captured, guards.guard_exits():
+        for case in request["cases"]:
+            if kind == "module":
+                responses.append(run_module(solution, case, device, budget, spy))
+            elif kind in ("pair", "model"):
+                responses.append(run_outcome(solution, case, device, budget, kind))
+            else:
+                responses.append(run_function(solution, case, device, budget, spy, kind == "loss"))
+    return {"cases": responses, "captured": captured}
+
+
+def probe(points: list, fn, device, seconds: float) -> list:
+    """First element of ``fn`` at each point (a curve of the feedback plot); NaN where it fails."""
+    device = torch.device(device)
+    ys = []
+    try:
+        with guards.capture_output(), guards.guard_exits(), guards.time_limit(seconds):
+            with guards.student_code():
+                for point in points:
+                    args, kwargs = _materialize(point, device)
+                    try:
+                        y = fn(*args, **kwargs)
+                        ys.append(float(torch.as_tensor(y).detach().reshape(-1)[0]) if y is not None else float("nan"))
+                    except Exception:
+                        ys.append(float("nan"))
+    except BaseException as exc:  # timeout or exit: no curve rather than a crash
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return []
+    return ys
+
+
+def serve(request_path: str, response_path: str, solution) -> None:
+    """Sandbox entry point: read a request, run it, write the response atomically.
+
+    Nothing is displayed: the judge writes the test cell's outputs itself."""
+    request = torch.load(request_path, weights_only=True)
+    if request.get("kind") == "probe":
+        response = {"ys": probe(request["points"], solution, request["device"], request["time_limit"])}
+    else:
+        result = run(request, solution)
+        captured = result["captured"]
+        response = {"cases": result["cases"],
+                    "captured": {"stdout": captured.stdout[:MAX_TEXT], "stderr": captured.stderr[:MAX_TEXT],
+                                 "warnings": [str(w)[:500] for w in captured.warnings[:50]]}}
+    tmp = response_path + ".tmp"
+    torch.save(response, tmp)
+    os.replace(tmp, response_path)
