@@ -1,0 +1,196 @@
+"""``lossgrader autograde``: the coordinator of a grading batch.
+
+The coordinator is the only process that opens the gradebook or writes course files:
+
+1. it refuses to start when the sandbox cannot run (unless told ``--no-sandbox``) or the
+   gradebook is unreadable (never overwriting it), registers the assignments and backs
+   the gradebook up (``.lossgrader/backups/``);
+2. it builds one task per hand-in, plain data (the hand-in's bytes, what was released,
+   the options), and hands the tasks to an executor (the local pool: ``-j N`` threads,
+   each driving one sandboxed kernel at a time);
+3. for each result, as it arrives: a hand-in whose grading failed for the grader's own
+   reasons is graded once more, then recorded as 0 with its reason; the result is written
+   in one gradebook transaction, its autograded notebook into ``autograded/`` and its
+   status into ``lossgrader-status.json``.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import os
+import shutil
+import sys
+import time
+
+from . import course, gradebook
+from .results import HandinResult
+from .worker import DEFAULT_TIMEOUT, grade_handin
+
+RETRIED = ("grading failed:",)   # reasons that are the grader's fault: worth a second try
+UNSAFE_WARNING = ("WARNING: --no-sandbox: student code runs with YOUR permissions, unconfined: it can read, "
+                  "change or delete any file you can (the gradebook, other hand-ins, the grader) and use "
+                  "the network. Use it only for hand-ins you trust.\n")
+
+
+class SandboxUnavailable(SystemExit):
+    pass
+
+
+def require_sandbox() -> None:
+    from .sandbox import bwrap_problem
+
+    problem = bwrap_problem()
+    if problem:
+        raise SandboxUnavailable(
+            f"lossgrader autograde: cannot sandbox student code here: {problem}\n"
+            "Install bubblewrap (Debian/Ubuntu: sudo apt-get install bubblewrap) and make sure "
+            "unprivileged user namespaces are enabled, or pass --no-sandbox to grade without "
+            "a sandbox (UNSAFE: only for hand-ins you trust).")
+
+
+def _read_handin(root, student, aid, names):
+    """{notebook name: file bytes or None} of one hand-in (read by the coordinator)."""
+    files = {}
+    for name in names:
+        path = os.path.join(root, "submitted", student, aid, name + ".ipynb")
+        try:
+            with open(path, "rb") as fh:
+                files[name] = fh.read()
+        except OSError:
+            files[name] = None
+    return files
+
+
+def make_task(root, student, aid, released, options) -> dict:
+    notebooks = released["notebooks"]
+    return {"student": student, "assignment": aid, "released": notebooks,
+            "notebooks": _read_handin(root, student, aid, sorted(notebooks)), **options}
+
+
+def _write_autograded(root, result: HandinResult) -> None:
+    """autograded/<student>/<assignment>/: the graded notebooks, or nothing for a failure."""
+    dest = os.path.join(root, "autograded", result.student, result.assignment)
+    if os.path.isdir(dest):
+        shutil.rmtree(dest)
+    if result.status != "graded":
+        return
+    os.makedirs(dest)
+    for name, text in result.notebooks.items():
+        tmp = os.path.join(dest, f".{name}.ipynb.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, os.path.join(dest, name + ".ipynb"))
+    stamp = os.path.join(root, "submitted", result.student, result.assignment, "timestamp.txt")
+    if os.path.isfile(stamp):
+        shutil.copyfile(stamp, os.path.join(dest, "timestamp.txt"))
+
+
+class Progress:
+    """Done, failed and remaining hand-ins with an ETA (tqdm on a terminal, one plain line
+    per hand-in otherwise, nothing with quiet)."""
+
+    def __init__(self, total, stream=None, quiet=False):
+        self.stream = stream or sys.stderr
+        self.total, self.done, self.failed, self.quiet = total, 0, 0, quiet
+        self.bar = None
+        if not quiet and getattr(self.stream, "isatty", lambda: False)():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, file=self.stream, unit="份", dynamic_ncols=True, desc="autograde")
+
+    def step(self, result: HandinResult, seconds: float):
+        self.done += 1
+        self.failed += result.status != "graded"
+        if self.quiet:
+            return
+        text = f"{result.student}/{result.assignment} {result.score:g}/{result.max_score:g} {seconds:.1f}s"
+        if result.status != "graded":
+            text += " FAILED: " + result.reason[:100]
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"failed {self.failed}, last {text}"[:120])
+            self.bar.update(1)
+        else:
+            self.stream.write(f"autograde [{self.done}/{self.total}, failed {self.failed}] {text}\n")
+            self.stream.flush()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def autograde(root, only_assignments=None, only_students=None, cell_timeout=None,
+              submission_timeout=DEFAULT_TIMEOUT, progress=True, stream=None, jobs=1,
+              sandbox=True, limits=None, device=None, quiet=False):
+    """Grade every hand-in in submitted/ (or the selected ones); returns {(student, aid): status entry}."""
+    import torch
+
+    stream = stream or sys.stderr
+    if sandbox:
+        require_sandbox()
+    else:
+        stream.write(UNSAFE_WARNING)
+    url = gradebook.db_url(root)
+    gradebook.check_readable(url)
+    pairs = course.submissions(root, only_assignments, only_students)
+    aids = sorted({a for _, a in pairs})
+    gradebook.register(root, aids)
+    if pairs:
+        gradebook.backup(root)
+    released = {aid: gradebook.released(root, aid) for aid in aids}
+    options = {"sandbox": bool(sandbox), "limits": dict(limits or {}), "timeout": float(submission_timeout),
+               "cell_timeout": cell_timeout or course.cell_timeout(root),
+               "device": str(device or os.environ.get("LOSSGRADER_DEVICE") or "cpu"),
+               "hide": [os.path.abspath(root)]}
+    torch.set_num_threads(1)
+    status = course.read_status(root)
+    bar = Progress(len(pairs), stream, quiet=quiet or not progress)
+    results = {}
+
+    def run(pair):
+        t0 = time.monotonic()
+        task = make_task(root, pair[0], pair[1], released[pair[1]], options)
+        result = grade_handin(task)
+        if result.status != "graded" and result.reason.startswith(RETRIED):
+            retry = grade_handin(task)
+            retry.attempts = 2
+            result = retry
+        return result, time.monotonic() - t0
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max(1, min(jobs, len(pairs) or 1))) as pool:
+            futures = {pool.submit(run, pair): pair for pair in pairs}
+            for future in concurrent.futures.as_completed(futures):
+                student, aid = futures[future]
+                try:
+                    result, seconds = future.result()
+                except Exception as exc:  # never lose the batch over one hand-in
+                    result = HandinResult.failure(student, aid, f"grading failed: {exc}"[:300],
+                                                  {c["name"]: c["points"] for nb in released[aid]["notebooks"].values()
+                                                   for c in nb["cells"] if c["points"] is not None
+                                                   and c["kind"] in ("grade", "grade+solution")})
+                    seconds = 0.0
+                record(root, result, status, seconds, url)
+                results[(student, aid)] = status[f"{student}/{aid}"]
+                bar.step(result, seconds)
+    finally:
+        bar.close()
+    return results
+
+
+def record(root, result: HandinResult, status: dict, seconds: float, url=None) -> None:
+    """The coordinator's writes for one hand-in: gradebook, autograded/, status file."""
+    timestamp = gradebook.submission_timestamp(root, result.student, result.assignment)
+    gradebook.write_result(url or gradebook.db_url(root), result, timestamp=timestamp)
+    _write_autograded(root, result)
+    status[f"{result.student}/{result.assignment}"] = {
+        "status": "autograded" if result.status == "graded" else "failed",
+        "reason": result.reason, "seconds": round(seconds, 2), "attempts": result.attempts,
+        "score": round(result.score, 4), "max_score": round(result.max_score, 4),
+        "timings": result.timings,
+        "cases": [dict(c.__dict__) for c in result.cases],
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    course.write_status(root, status)
+    log_dir = os.path.join(root, course.STATE_DIR, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    with open(os.path.join(log_dir, f"{result.student}__{result.assignment}.log"), "w", encoding="utf-8") as fh:
+        fh.write(result.log)
+

@@ -1,0 +1,113 @@
+"""The course folder: where things are (nbgrader_config.py's directories) and what was
+handed in. Reads only; nothing here opens the gradebook.
+
+The repository root is the nbgrader course directory: ``nbgrader_config.py``,
+``solutions/`` as source directory, ``exercises/`` as release directory,
+``submitted/<student>/<assignment>/`` for hand-ins, ``gradebook.db``.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+STATUS_FILE = "lossgrader-status.json"
+STATE_DIR = ".lossgrader"          # backups, worker logs, scratch release directory
+
+
+def find_course_root(start=None):
+    """The directory holding nbgrader_config.py: start (default cwd) or one of its parents."""
+    path = os.path.abspath(start or os.getcwd())
+    while True:
+        if os.path.isfile(os.path.join(path, "nbgrader_config.py")):
+            return path
+        parent = os.path.dirname(path)
+        if parent == path:
+            raise SystemExit(f"nbgrader_config.py not found in {start or os.getcwd()} or its parents: "
+                             "run lossgrader from the course repository")
+        path = parent
+
+
+def load_config(root, cell_timeout=None):
+    """The course's nbgrader configuration (nbgrader_config.py)."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    cfg = PyFileConfigLoader("nbgrader_config.py", path=root).load_config()
+    cfg.CourseDirectory.root = root
+    if cell_timeout:
+        cfg.Execute.timeout = int(cell_timeout)
+    return cfg
+
+
+def directory(root, name, default):
+    """A CourseDirectory directory setting (source_directory, ...), read once per root."""
+    cache = directory.__dict__.setdefault("cache", {})
+    key = (root, name)
+    if key not in cache:
+        try:
+            value = load_config(root).CourseDirectory.get(name, default)
+        except Exception:
+            value = default
+        cache[key] = value if isinstance(value, str) else default
+    return cache[key]
+
+
+def source_dir(root):
+    return os.path.join(root, directory(root, "source_directory", "source"))
+
+
+def cell_timeout(root):
+    """Execute.timeout from nbgrader_config.py (seconds per cell), or None."""
+    try:
+        value = load_config(root).Execute.get("timeout")
+    except Exception:
+        return None
+    return int(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def assignments(root):
+    """Assignment ids: directories of the source directory holding <id>/<id>.ipynb."""
+    src = source_dir(root)
+    if not os.path.isdir(src):
+        return []
+    return sorted(d for d in os.listdir(src) if os.path.isfile(os.path.join(src, d, d + ".ipynb")))
+
+
+def submissions(root, only_assignments=None, only_students=None):
+    """(student, assignment) pairs found in submitted/."""
+    sub = os.path.join(root, "submitted")
+    pairs = []
+    if not os.path.isdir(sub):
+        return pairs
+    known = set(assignments(root))
+    for student in sorted(os.listdir(sub)):
+        if only_students and student not in only_students:
+            continue
+        sdir = os.path.join(sub, student)
+        if not os.path.isdir(sdir) or student.startswith("."):
+            continue
+        for aid in sorted(os.listdir(sdir)):
+            if aid in known and os.path.isdir(os.path.join(sdir, aid)) and (
+                    not only_assignments or aid in only_assignments):
+                pairs.append((student, aid))
+    return pairs
+
+
+def read_status(root):
+    try:
+        with open(os.path.join(root, STATUS_FILE), encoding="utf-8") as fh:
+            status = json.load(fh)
+        return status if isinstance(status, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_status(root, status):
+    path = os.path.join(root, STATUS_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(status, fh, ensure_ascii=False, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def samples_dir(root):
+    return os.path.join(root, "samples", "submitted")

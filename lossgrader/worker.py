@@ -1,0 +1,374 @@
+"""Grading one hand-in: ``grade_handin(task) -> HandinResult``, plain data in and out.
+
+A worker (a thread of the local pool, or a Dask task on another machine) never opens the
+gradebook and writes nothing shared: the coordinator gives it the hand-in's bytes and
+what was released, and writes what it returns. For each notebook of the hand-in it
+
+1. reads it (a file that is not a notebook fails the hand-in with a reason);
+2. normalises it (``lossgrader.normalize``: released metadata, read-only and test cells
+   restored) and reads its answer cells for back doors (``lossgrader.backdoors``);
+3. starts a kernel in a fresh sandbox (``lossgrader.sandbox``) whose ``lossgrader`` is the
+   student-side runtime alone, in a scratch folder holding only this hand-in;
+4. runs every cell except the test cells there, with outputs capped; a kernel that dies
+   is restarted and the cells that ran before are replayed;
+5. grades each test cell itself: the judge generates the cases (visible and hidden),
+   sends their inputs to the kernel's runtime, reads back tensors with
+   ``torch.load(weights_only=True)``, compares, diagnoses and scores, and writes the
+   cell's outputs (score as text, feedback as HTML); nothing the kernel displays counts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+
+import torch
+
+from . import backdoors, engine, guards
+from .exercises import EXERCISES
+from .judge import CaseResult
+from .normalize import is_test_cell, normalize
+from .results import CaseRecord, HandinResult
+
+DEFAULT_CELL_TIMEOUT = 300
+DEFAULT_TIMEOUT = 900            # seconds for one hand-in, all notebooks and restarts included
+MAX_RESPONSE_BYTES = 64 * 2 ** 20
+MAX_RESTARTS = 8
+CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([A-Za-z0-9_]+)["']\s*,\s*([A-Za-z_][A-Za-z0-9_]*)""")
+RUNTIME_FILES = ("runtime.py", "guards.py")
+SANDBOX_INIT = '''"""lossgrader inside the grading sandbox: the student-side runtime only.
+
+The references, the exercise registry and the expected values are not here: the
+autograder grades the test cells from outside this kernel.
+"""
+from . import runtime
+
+
+def check(*args, **kwargs):
+    """Visible checks do not run while a hand-in is autograded."""
+    return None
+'''
+KERNEL_DIED_MESSAGE = (
+    "评分时内核在执行这个单元时退出或失去响应（例如调用了 os._exit()、exit()、进程崩溃、超出内存限制，"
+    "或者一个无法中断的死循环）。本单元记 0 分；评分器重启了内核，重新运行了前面的单元，并继续评分后面的单元。")
+TIMEOUT_MESSAGE = "这个单元的运行时间超过了限制（{seconds:g} 秒），已被中断。"
+
+
+def _error_output(ename: str, evalue: str):
+    from nbformat.v4 import new_output
+    return new_output("error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
+
+
+def read_notebook(name: str, text):
+    """(notebook, None) or (None, reason) for a hand-in's file content."""
+    import nbformat
+
+    if text is None:
+        return None, f"{name} was not submitted"
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, f"{name} is not UTF-8 text"
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        return None, f"{name} is not valid JSON ({exc})"
+    try:
+        nb = nbformat.reads(text, as_version=4)
+    except Exception as exc:
+        return None, f"{name} is not a Jupyter notebook ({exc.__class__.__name__}: {str(exc)[:120]})"
+    if not isinstance(nb.get("cells"), list):
+        return None, f"{name} has no list of cells"
+    return nb, None
+
+
+def runtime_package(parent: str) -> str:
+    """A folder holding the sandbox's ``lossgrader`` package (runtime and guards only)."""
+    root = os.path.join(parent, "runtime")
+    pkg = os.path.join(root, "lossgrader")
+    os.makedirs(pkg)
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in RUNTIME_FILES:
+        shutil.copyfile(os.path.join(here, name), os.path.join(pkg, name))
+    with open(os.path.join(pkg, "__init__.py"), "w", encoding="utf-8") as fh:
+        fh.write(SANDBOX_INIT)
+    return root
+
+
+class _Handin:
+    """State of one notebook being graded."""
+
+    def __init__(self, task, scratch, runtime_root, log):
+        from .sandbox import Limits, Sandbox
+
+        self.task, self.scratch, self.log = task, scratch, log
+        self.device = torch.device(task.get("device") or "cpu")
+        self.cell_timeout = float(task.get("cell_timeout") or DEFAULT_CELL_TIMEOUT)
+        limits = Limits(**task.get("limits", {}))
+        self.output_cap = limits.max_output_bytes
+        genuine = os.path.dirname(os.path.abspath(__file__))
+        hide = tuple(p for p in {*task.get("hide", ()), genuine} if p and os.path.exists(p))
+        env = {"PYTHONPATH": runtime_root, "LOSSGRADER_DEVICE": str(self.device), "MPLBACKEND": "agg",
+               "HOME": scratch, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+
+        def make_sandbox():
+            return Sandbox(scratch, limits, extra_ro=(runtime_root,), hide=hide, env=env,
+                           enabled=bool(task.get("sandbox", True)))
+        from .kernel import KernelSession
+        self.kernel = KernelSession(make_sandbox, scratch, env, self.output_cap)
+        self.done = []          # code cells that ran to completion, replayed after a restart
+        self.requests = 0
+
+    # ------------------------------------------------------------------ kernel
+    def restart(self):
+        self.kernel.shutdown()
+        self.kernel.start()
+        for index, source in list(self.done):
+            status, _, _ = self.kernel.execute(source, self.cell_timeout)
+            if status == "dead":
+                self.done.remove((index, source))
+                self.log.append(f"cell {index} kills the kernel when replayed: left out")
+                return self.restart()
+
+    def run_cell(self, index, cell):
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else str(source)
+        status, outputs, count = self.kernel.execute(source, self.cell_timeout)
+        cell["execution_count"] = count
+        if status == "dead":
+            outputs.append(_error_output("DeadKernelError", KERNEL_DIED_MESSAGE))
+            cell["outputs"] = outputs
+            self.log.append(f"kernel died in cell {index}")
+            self._restart_or_fail()
+            return
+        if status == "timeout":
+            outputs.append(_error_output("CellTimeoutError", TIMEOUT_MESSAGE.format(seconds=self.cell_timeout)))
+        cell["outputs"] = outputs
+        if status in ("ok", "error"):
+            self.done.append((index, source))
+
+    def _restart_or_fail(self):
+        if self.kernel.starts > MAX_RESTARTS:
+            raise RuntimeError(f"the kernel died more than {MAX_RESTARTS} times")
+        self.restart()
+
+    # ------------------------------------------------------------------ runtime round trip
+    def ask(self, request: dict, func_name: str, seconds: float):
+        """Send ``request`` to the runtime in the kernel; the response dict, or None when
+        the kernel gave none (it died, hung or wrote nothing readable)."""
+        self.requests += 1
+        req = os.path.join(self.scratch, f"request-{self.requests}.pt")
+        resp = os.path.join(self.scratch, f"response-{self.requests}.pt")
+        torch.save(request, req)
+        code = (f"__import__('lossgrader.runtime').runtime.serve({req!r}, {resp!r}, "
+                f"globals().get({func_name!r}))")
+        status, _, _ = self.kernel.execute(code, seconds, silent=True)
+        if status in ("dead", "timeout"):
+            self.log.append(f"runtime request {self.requests} ({func_name}): kernel {status}")
+            if status == "dead" or not self.kernel.alive():
+                self._restart_or_fail()
+            return None
+        try:
+            if not os.path.isfile(resp) or os.path.getsize(resp) > MAX_RESPONSE_BYTES:
+                return None
+            response = torch.load(resp, weights_only=True, map_location="cpu")
+        except Exception as exc:
+            self.log.append(f"runtime request {self.requests}: unreadable response ({exc.__class__.__name__})")
+            return None
+        finally:
+            for path in (req, resp):
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+        return response if isinstance(response, dict) else None
+
+    def describe_solution(self, func_name: str):
+        """What the kernel's namespace holds under ``func_name`` (plain data)."""
+        code = (f"__import__('json').dumps((lambda o: {{'defined': {func_name!r} in globals(), 'none': o is None, "
+                f"'callable': callable(o), 'typename': type(o).__name__, "
+                f"'module_class': isinstance(o, type) and issubclass(o, __import__('torch').nn.Module)}})"
+                f"(globals().get({func_name!r})))")
+        msg_id = None
+        try:
+            msg_id = self.kernel.kc.execute("", silent=True, store_history=False,
+                                            user_expressions={"d": code}, allow_stdin=False)
+            reply = self.kernel.kc.get_shell_msg(timeout=30)
+            while reply.get("parent_header", {}).get("msg_id") != msg_id:
+                reply = self.kernel.kc.get_shell_msg(timeout=30)
+            text = reply["content"]["user_expressions"]["d"]["data"]["text/plain"]
+            import ast
+            data = json.loads(ast.literal_eval(text))
+            return data if isinstance(data, dict) else None
+        except Exception:
+            if not self.kernel.alive():
+                self._restart_or_fail()
+            return None
+
+    # ------------------------------------------------------------------ judging a test cell
+    def grade_test_cell(self, cell, points: float, findings: list):
+        """(score, outputs, CaseRecords) of one test cell."""
+        meta = cell["metadata"]["nbgrader"]
+        match = CHECK_CALL.search(cell["source"])
+        started = time.perf_counter()
+        if match is None or match.group(1) not in EXERCISES:
+            self.log.append(f"test cell {meta['grade_id']}: no check() of a known exercise; not autograded")
+            return None, [], []
+        ex = EXERCISES[match.group(1)]
+        func_name = match.group(2)
+        cases, expectations = ex.cases(None, hidden=True)
+        if findings:
+            text = "；".join(f.message() for f in findings[:5])
+            message = (f"评分时发现你的代码使用了不允许的接口：{text}。损失函数的实现用不到它们，"
+                       "而它们可以绕过评分规则，因此本笔记本的所有测试记 0 分。")
+            results = [CaseResult(c.name, c.describe_inputs(), "forbidden", message) for c in cases[:1]]
+            results += [CaseResult(c.name, c.describe_inputs(), "skipped", "使用了不允许的接口。") for c in cases[1:]]
+            report = engine.report_for(ex, results, guards.Captured(), self.device, points, True, started)
+        else:
+            report = self._judge(ex, func_name, cases, expectations, points, started)
+        outputs = [_report_output(report, cell.get("execution_count"))]
+        records = [CaseRecord(meta["grade_id"], ex.id, r.name, r.status, r.message, r.hint) for r in report.results]
+        return report.score, outputs, records
+
+    def _judge(self, ex, func_name, cases, expectations, points, started):
+        described = self.describe_solution(func_name)
+        problem = _validate_described(ex, func_name, described)
+        if problem is not None:
+            results = [CaseResult("提交的对象", "", "notimpl", problem)]
+            return engine.report_for(ex, results, guards.Captured(), self.device, points, True, started)
+        request = ex.request(cases, self.device, hidden=True)
+        response = self.ask(request, func_name, request["time_limit"] + 30.0)
+        if response is None:
+            message = ("评分时没有得到你的代码的运行结果：内核在运行这个练习时退出、超时或没有写出结果"
+                       "（例如死循环、超出内存限制、调用了 os._exit()）。")
+            results = [CaseResult(c.name, c.describe_inputs(), "error", message) for c in cases]
+            return engine.report_for(ex, results, guards.Captured(), self.device, points, True, started)
+        captured = _captured(response.get("captured"))
+        responses = response.get("cases") if isinstance(response.get("cases"), list) else []
+
+        def probe(point_requests, seconds):
+            answer = self.ask({"kind": "probe", "points": point_requests, "device": str(self.device),
+                               "time_limit": seconds}, func_name, seconds + 30.0)
+            ys = answer.get("ys") if answer else None
+            return [float(y) for y in ys] if isinstance(ys, list) and all(isinstance(y, float) for y in ys) else []
+        return engine.grade(ex, cases, expectations, responses, captured, self.device, points, True, started, probe)
+
+
+def _validate_described(ex, func_name, described):
+    if described is None:
+        return "评分时无法读取你定义的对象。"
+    if not described.get("defined"):
+        return (f"尚未实现：没有找到 {func_name}（答案单元是否运行出错、被删除，或者改了名字？）。")
+    if described.get("none"):
+        return "尚未实现：传给 check 的是 None。"
+    if ex.kind == "module":
+        if not described.get("module_class"):
+            return f"传给 check 的应是继承自 nn.Module 的类 {ex.func_name}（类本身，而不是实例或函数）。"
+    elif not described.get("callable"):
+        return f"传给 check 的应是函数 {ex.func_name}，而不是 {described.get('typename', '?')}。"
+    return None
+
+
+def _captured(data) -> guards.Captured:
+    captured = guards.Captured()
+    if isinstance(data, dict):
+        captured.stdout = data.get("stdout") if isinstance(data.get("stdout"), str) else ""
+        captured.stderr = data.get("stderr") if isinstance(data.get("stderr"), str) else ""
+        warns = data.get("warnings")
+        captured.warnings = [w for w in warns if isinstance(w, str)] if isinstance(warns, list) else []
+    return captured
+
+
+def _report_output(report, count):
+    from nbformat.v4 import new_output
+    return new_output("execute_result", data={"text/plain": repr(float(report.score)),
+                                              "text/html": report._repr_html_()},
+                      execution_count=count)
+
+
+def _student_cell(cell) -> bool:
+    meta = cell.get("metadata", {}).get("nbgrader")
+    return not (isinstance(meta, dict) and (meta.get("locked") or is_test_cell(meta)))
+
+
+def grade_notebook(handin: _Handin, nb, points: dict, result: HandinResult) -> None:
+    findings = backdoors.scan_notebook(nb, _student_cell)
+    for f in findings:
+        handin.log.append(f"back door in cell {f.cell + 1} line {f.line}: {f.what}")
+    handin.kernel.start()
+    for index, cell in enumerate(nb.cells):
+        if cell.get("cell_type") != "code":
+            continue
+        meta = cell.get("metadata", {}).get("nbgrader") or {}
+        if is_test_cell(meta):
+            score, outputs, records = handin.grade_test_cell(cell, points.get(meta["grade_id"], 0.0), findings)
+            cell["outputs"] = outputs
+            if score is not None:
+                result.scores[meta["grade_id"]] = score
+            result.cases.extend(records)
+        else:
+            handin.run_cell(index, cell)
+
+
+def grade_handin(task: dict) -> HandinResult:
+    """Grade one hand-in; never raises (a failure is a result with status "failed").
+
+    ``task``: student, assignment, notebooks {name: file text or None}, released {name:
+    released notebook (see lossgrader.gradebook.released)}, and options: sandbox (bool),
+    limits (lossgrader.sandbox.Limits fields), cell_timeout, timeout, device, hide (paths
+    the sandbox must not show: the course folder)."""
+    import nbformat
+
+    started = time.monotonic()
+    student, assignment = task["student"], task["assignment"]
+    released = task["released"]
+    max_scores = {c["name"]: float(c["points"]) for nb in released.values() for c in nb["cells"]
+                  if c["kind"] in ("grade", "grade+solution") and c.get("points") is not None}
+    result = HandinResult(student, assignment, max_scores=max_scores)
+    log = []
+    parent = tempfile.mkdtemp(prefix="lossgrader-")
+    try:
+        scratch = os.path.join(parent, "handin")
+        os.makedirs(scratch)
+        runtime_root = runtime_package(parent)
+        for name in sorted(released):
+            nb, reason = read_notebook(name, task["notebooks"].get(name))
+            if reason:
+                return HandinResult.failure(student, assignment, reason, max_scores, log="\n".join(log))
+            log += normalize(nb, released[name])
+            with open(os.path.join(scratch, name + ".ipynb"), "w", encoding="utf-8") as fh:
+                nbformat.write(nb, fh)
+            handin = _Handin(task, scratch, runtime_root, log)
+            try:
+                grade_notebook(handin, nb, max_scores, result)
+            finally:
+                handin.kernel.shutdown()
+            elapsed = time.monotonic() - started
+            if elapsed > float(task.get("timeout") or DEFAULT_TIMEOUT):
+                return HandinResult.failure(student, assignment,
+                                            f"time limit exceeded ({elapsed:.0f} s for the whole hand-in)",
+                                            max_scores, log="\n".join(log))
+            result.notebooks[name] = nbformat.writes(nb)
+        for gid in max_scores:
+            if gid not in result.scores and _is_autograded(released, gid):
+                result.scores[gid] = 0.0
+        result.timings["total"] = round(time.monotonic() - started, 3)
+        result.log = "\n".join(log)
+        return result
+    except Exception as exc:  # the grader's own failure: an explicit 0 with the reason, the batch goes on
+        return HandinResult.failure(student, assignment, f"grading failed: {exc.__class__.__name__}: {exc}"[:300],
+                                    max_scores, log="\n".join(log))
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def _is_autograded(released, grade_id) -> bool:
+    for nb in released.values():
+        for c in nb["cells"]:
+            if c["name"] == grade_id:
+                return c["kind"] == "grade" and c["cell_type"] == "code"
+    return False
