@@ -125,6 +125,32 @@ def _required_schema():
     return {name: {c.name for c in table.columns} for name, table in Base.metadata.tables.items()}
 
 
+def _recover_interrupted_write(path):
+    """Let SQLite roll back the transaction of a writer that was killed mid-write.
+
+    A killed writer leaves a hot journal (gradebook.db-journal) beside the file; a read-only
+    connection cannot roll it back and fails with "attempt to write a readonly database".
+    Any ordinary SQLite connection rolls it back on its first read: that is SQLite's own
+    crash recovery and brings back the last committed state, nothing else.  Returns a
+    problem string when even that fails, else None."""
+    if not any(os.path.exists(path + suffix) for suffix in ("-journal", "-wal")):
+        return None
+    try:
+        con = sqlite3.connect(path, timeout=BUSY_TIMEOUT)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise GradebookError(f"the gradebook {path} stayed locked by another process for "
+                                 f"{BUSY_TIMEOUT:.0f} s; try again when it has finished") from exc
+        return f"SQLite cannot recover an interrupted write ({exc})"
+    except sqlite3.DatabaseError as exc:
+        return f"SQLite cannot recover an interrupted write ({exc})"
+    return None
+
+
 def _sqlite_problem(path):
     """Why the SQLite file at path is not a readable nbgrader gradebook; None when it is."""
     size = os.path.getsize(path)
@@ -136,6 +162,12 @@ def _sqlite_problem(path):
         return f"it is not an SQLite database (it starts with {header[:16]!r})"
     if len(header) < 100:
         return f"the file is truncated ({size} bytes, shorter than an SQLite header)"
+    problem = _recover_interrupted_write(path)
+    if problem:
+        return problem
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        header = fh.read(100)
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     pages = int.from_bytes(header[28:32], "big")
@@ -179,8 +211,10 @@ def check_readable(url):
     """Raise GradebookError when the gradebook at url exists but is not a readable nbgrader
     gradebook (garbage, truncated, empty, a database without nbgrader's tables).
 
-    A gradebook that does not exist yet is fine (a new course).  The check only reads: an
-    unreadable file is never created over, migrated or overwritten."""
+    A gradebook that does not exist yet is fine (a new course).  An unreadable file is never
+    created over, migrated or overwritten.  The check only reads, with one exception: when a
+    writer was killed mid-transaction, SQLite's own crash recovery rolls its journal back
+    (the last committed grades, nothing else), as any SQLite client would on opening it."""
     path = sqlite_path(url)
     if path is None:
         if url.startswith("sqlite:"):

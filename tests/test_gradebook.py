@@ -427,3 +427,34 @@ def test_nbgrader_generate_feedback_reads_the_written_rows(course):
         page = fh.read()
     for shown in ("Score: 2.5 / 4.0", "Score: 1.5 / 2.0", "Score: 1.0 / 1.0"):   # total, test, written
         assert shown in page
+
+
+KILLED_WRITER = r"""
+import os, signal, sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("PRAGMA cache_size = 1")              # spill changed pages to the file at once
+con.execute("BEGIN IMMEDIATE")
+con.execute("UPDATE grade SET auto_score = 0.0")
+con.execute("CREATE TABLE junk (x BLOB)")
+con.executemany("INSERT INTO junk VALUES (?)", [(b"x" * 1000,) for _ in range(2000)])
+os.kill(os.getpid(), signal.SIGKILL)              # killed before COMMIT
+"""
+
+
+def test_a_writer_killed_mid_write_loses_nothing_committed(course):
+    import subprocess
+    import sys
+
+    url = G.db_url(course)
+    G.write_result(url, _graded(course, test=2.0))
+    path = G.sqlite_path(url)
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, path])
+    assert proc.returncode == -9
+    assert os.path.getsize(path + "-journal") > 0           # a hot journal: the file holds half a write
+    with pytest.raises(sqlite3.OperationalError):            # what a plain read-only reader would hit
+        sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute("SELECT count(*) FROM grade").fetchone()
+    G.check_readable(url)
+    assert G.submission_scores(url, A, "alice")[0] == 2.0
+    assert G.backup(course) is not None
+    with sqlite3.connect(path) as con:
+        assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'junk'").fetchone()[0] == 0
