@@ -5,7 +5,11 @@
     lossgrader autograde [ASSIGNMENT...]    run the tests of every submission (0 + reason when impossible)
     lossgrader feedback [ASSIGNMENT...]     feedback/<student>/<assignment>/<assignment>.html
     lossgrader export [--to grades.csv]     grades CSV (score, max_score, status, reason) and a table
+    lossgrader restore [BACKUP]             bring back a gradebook backup (.lossgrader/backups/)
     lossgrader demo                         all of the above on the sample class in samples/submitted/
+
+Student code is graded in a bubblewrap sandbox, one per hand-in (``--no-sandbox`` turns
+that off and says that it is unsafe); only this process writes the gradebook.
 """
 import argparse
 import os
@@ -15,13 +19,14 @@ import time
 
 
 def _root(args):
-    from .pipeline import find_course_root
+    from .course import find_course_root
 
     return find_course_root(args.course)
 
 
 def cmd_generate(args):
-    from .pipeline import assignments, register
+    from .course import assignments
+    from .gradebook import register
 
     root = _root(args)
     ids = args.assignments or assignments(root)
@@ -37,7 +42,7 @@ def cmd_generate(args):
 
 
 def cmd_collect(args):
-    from .pipeline import collect
+    from .collect import collect
 
     root = _root(args)
     copied = collect(root, args.source, args.assignment or None)
@@ -47,23 +52,38 @@ def cmd_collect(args):
     return 0 if copied else 1
 
 
+def _limits(args):
+    limits = {}
+    if getattr(args, "memory", None):
+        limits["memory_bytes"] = int(args.memory * 2 ** 30)
+    return limits
+
+
 def cmd_autograde(args):
-    from .pipeline import autograde, export, format_table
+    from .autograde import autograde
+    from .export import export, format_table
+    from .gradebook import GradebookError
 
     root = _root(args)
     t0 = time.monotonic()
-    results = autograde(root, args.assignments or None, args.student or None,
-                        cell_timeout=args.cell_timeout, submission_timeout=args.timeout, jobs=args.jobs)
+    try:
+        results = autograde(root, args.assignments or None, args.student or None,
+                            cell_timeout=args.cell_timeout, submission_timeout=args.timeout, jobs=args.jobs,
+                            sandbox=not args.no_sandbox, limits=_limits(args), quiet=args.quiet)
+    except GradebookError as exc:
+        print(f"lossgrader autograde: {exc}", file=sys.stderr)
+        return 2
     failed = sum(1 for e in results.values() if e["status"] == "failed")
     print(f"autograded {len(results)} submissions in {time.monotonic() - t0:.1f} s"
           + (f"; {failed} could not be autograded (0 points, reason in the export)" if failed else ""))
-    _, rows = export(root)
-    print(format_table(rows))
+    if not args.quiet:
+        _, rows = export(root)
+        print(format_table(rows))
     return 0
 
 
 def cmd_feedback(args):
-    from .pipeline import feedback
+    from .feedback import feedback
 
     root = _root(args)
     written = feedback(root, args.assignments or None, args.student or None)
@@ -72,7 +92,7 @@ def cmd_feedback(args):
 
 
 def cmd_export(args):
-    from .pipeline import export, format_table
+    from .export import export, format_table
 
     root = _root(args)
     path, rows = export(root, args.to)
@@ -81,8 +101,25 @@ def cmd_export(args):
     return 0
 
 
+def cmd_restore(args):
+    from .gradebook import GradebookError, list_backups, restore
+
+    root = _root(args)
+    if args.list:
+        for path in list_backups(root):
+            print(path)
+        return 0
+    try:
+        path = restore(root, args.backup)
+    except GradebookError as exc:
+        print(f"lossgrader restore: {exc}", file=sys.stderr)
+        return 2
+    print(f"restored {path} -> gradebook.db (the previous gradebook was backed up first)")
+    return 0
+
+
 def cmd_demo(args):
-    from .pipeline import demo
+    from .demo import demo
 
     root = _root(args)
     print(demo(root, cell_timeout=args.cell_timeout, jobs=args.jobs))
@@ -117,7 +154,12 @@ def build_parser():
     p.add_argument("--timeout", type=float, default=900,
                    help="seconds for one whole submission before its grader is killed (default 900)")
     p.add_argument("--jobs", "-j", type=int, default=1,
-                   help="submissions graded side by side (one kernel each; default 1)")
+                   help="submissions graded side by side (one sandboxed kernel each; default 1)")
+    p.add_argument("--memory", type=float, default=None,
+                   help="memory limit of one hand-in's sandbox in GiB (default 4)")
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="run student code without the bubblewrap sandbox (UNSAFE: only for trusted hand-ins)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress and no grade table (for scripts)")
     p.set_defaults(func=cmd_autograde)
 
     p = sub.add_parser("feedback", help="write the HTML feedback of the autograded submissions")
@@ -128,6 +170,11 @@ def build_parser():
     p = sub.add_parser("export", help="write the grades CSV and print the grade table")
     p.add_argument("--to", default=None, help="CSV path (default grades.csv in the course directory)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("restore", help="bring back a gradebook backup (default: the newest)")
+    p.add_argument("backup", nargs="?", default=None, help="backup file name or path (see --list)")
+    p.add_argument("--list", action="store_true", help="list the backups, newest last")
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("demo", help="grade the sample class in samples/submitted/ end to end")
     p.add_argument("--cell-timeout", type=int, default=None)

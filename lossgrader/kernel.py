@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import subprocess
 import time
 
 OUTPUT_TYPES = ("stream", "display_data", "execute_result", "error")
@@ -21,8 +22,8 @@ class KernelSession:
     (possibly with enabled=False) for each start; ``output_cap`` bounds the bytes of
     outputs kept per cell."""
 
-    def __init__(self, make_sandbox, scratch: str, env: dict, output_cap: int):
-        self.make_sandbox, self.scratch, self.env, self.output_cap = make_sandbox, scratch, env, output_cap
+    def __init__(self, make_sandbox, scratch: str, output_cap: int):
+        self.make_sandbox, self.scratch, self.output_cap = make_sandbox, scratch, output_cap
         self.sandbox = self.km = self.kc = None
         self.starts = 0
 
@@ -35,7 +36,8 @@ class KernelSession:
         self.km = SandboxedKernelManager(sandbox=self.sandbox, transport="ipc",
                                          ip=os.path.join(self.scratch, name),
                                          connection_file=os.path.join(self.scratch, name + ".json"))
-        self.km.start_kernel(cwd=self.scratch, env=self.env)
+        # the kernel's own stdout/stderr (banners, crash messages) are not the student's output
+        self.km.start_kernel(cwd=self.scratch, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.kc = self.km.client()
         self.kc.start_channels()
         try:

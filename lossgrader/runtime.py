@@ -302,17 +302,27 @@ def probe(points: list, fn, device, seconds: float) -> list:
     return ys
 
 
-def serve(request_path: str, response_path: str, solution) -> None:
+def describe_solution(solution, defined: bool = True) -> dict:
+    """What the notebook holds under the exercise's name (the judge validates it)."""
+    return {"defined": bool(defined), "none": solution is None, "callable": callable(solution),
+            "typename": type(solution).__name__,
+            "module_class": isinstance(solution, type) and issubclass(solution, torch.nn.Module)}
+
+
+def serve(request_path: str, response_path: str, solution, defined: bool = True) -> None:
     """Sandbox entry point: read a request, run it, write the response atomically.
 
     Nothing is displayed: the judge writes the test cell's outputs itself."""
     request = torch.load(request_path, weights_only=True)
+    solution_info = describe_solution(solution, defined)
     if request.get("kind") == "probe":
         response = {"ys": probe(request["points"], solution, request["device"], request["time_limit"])}
+    elif solution_info["none"] or not solution_info["callable"]:
+        response = {"solution": solution_info, "cases": []}
     else:
         result = run(request, solution)
         captured = result["captured"]
-        response = {"cases": result["cases"],
+        response = {"solution": solution_info, "cases": result["cases"],
                     "captured": {"stdout": captured.stdout[:MAX_TEXT], "stderr": captured.stderr[:MAX_TEXT],
                                  "warnings": [str(w)[:500] for w in captured.warnings[:50]]}}
     tmp = response_path + ".tmp"

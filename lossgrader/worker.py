@@ -119,14 +119,25 @@ class _Handin:
             return Sandbox(scratch, limits, extra_ro=(runtime_root,), hide=hide, env=env,
                            enabled=bool(task.get("sandbox", True)))
         from .kernel import KernelSession
-        self.kernel = KernelSession(make_sandbox, scratch, env, self.output_cap)
+        self.kernel = KernelSession(make_sandbox, scratch, self.output_cap)
         self.done = []          # code cells that ran to completion, replayed after a restart
         self.requests = 0
+        self.timings = {}       # phase -> seconds: where a hand-in's time goes
+
+    def timed(self, phase, fn, *args):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.timings[phase] = round(self.timings.get(phase, 0.0) + time.perf_counter() - t0, 3)
+
+    def start(self):
+        self.timed("kernel start", self.kernel.start)
 
     # ------------------------------------------------------------------ kernel
     def restart(self):
         self.kernel.shutdown()
-        self.kernel.start()
+        self.start()
         for index, source in list(self.done):
             status, _, _ = self.kernel.execute(source, self.cell_timeout)
             if status == "dead":
@@ -165,8 +176,8 @@ class _Handin:
         resp = os.path.join(self.scratch, f"response-{self.requests}.pt")
         torch.save(request, req)
         code = (f"__import__('lossgrader.runtime').runtime.serve({req!r}, {resp!r}, "
-                f"globals().get({func_name!r}))")
-        status, _, _ = self.kernel.execute(code, seconds, silent=True)
+                f"globals().get({func_name!r}), {func_name!r} in globals())")
+        status, _, _ = self.timed("student code in tests", self.kernel.execute, code, seconds, True)
         if status in ("dead", "timeout"):
             self.log.append(f"runtime request {self.requests} ({func_name}): kernel {status}")
             if status == "dead" or not self.kernel.alive():
@@ -186,28 +197,6 @@ class _Handin:
                 except OSError:
                     pass
         return response if isinstance(response, dict) else None
-
-    def describe_solution(self, func_name: str):
-        """What the kernel's namespace holds under ``func_name`` (plain data)."""
-        code = (f"__import__('json').dumps((lambda o: {{'defined': {func_name!r} in globals(), 'none': o is None, "
-                f"'callable': callable(o), 'typename': type(o).__name__, "
-                f"'module_class': isinstance(o, type) and issubclass(o, __import__('torch').nn.Module)}})"
-                f"(globals().get({func_name!r})))")
-        msg_id = None
-        try:
-            msg_id = self.kernel.kc.execute("", silent=True, store_history=False,
-                                            user_expressions={"d": code}, allow_stdin=False)
-            reply = self.kernel.kc.get_shell_msg(timeout=30)
-            while reply.get("parent_header", {}).get("msg_id") != msg_id:
-                reply = self.kernel.kc.get_shell_msg(timeout=30)
-            text = reply["content"]["user_expressions"]["d"]["data"]["text/plain"]
-            import ast
-            data = json.loads(ast.literal_eval(text))
-            return data if isinstance(data, dict) else None
-        except Exception:
-            if not self.kernel.alive():
-                self._restart_or_fail()
-            return None
 
     # ------------------------------------------------------------------ judging a test cell
     def grade_test_cell(self, cell, points: float, findings: list):
@@ -235,13 +224,12 @@ class _Handin:
         return report.score, outputs, records
 
     def _judge(self, ex, func_name, cases, expectations, points, started):
-        described = self.describe_solution(func_name)
-        problem = _validate_described(ex, func_name, described)
+        request = ex.request(cases, self.device, hidden=True)
+        response = self.ask(request, func_name, request["time_limit"] + 30.0)
+        problem = _validate_described(ex, func_name, response.get("solution")) if response else None
         if problem is not None:
             results = [CaseResult("提交的对象", "", "notimpl", problem)]
             return engine.report_for(ex, results, guards.Captured(), self.device, points, True, started)
-        request = ex.request(cases, self.device, hidden=True)
-        response = self.ask(request, func_name, request["time_limit"] + 30.0)
         if response is None:
             message = ("评分时没有得到你的代码的运行结果：内核在运行这个练习时退出、超时或没有写出结果"
                        "（例如死循环、超出内存限制、调用了 os._exit()）。")
@@ -259,7 +247,7 @@ class _Handin:
 
 
 def _validate_described(ex, func_name, described):
-    if described is None:
+    if not isinstance(described, dict):
         return "评分时无法读取你定义的对象。"
     if not described.get("defined"):
         return (f"尚未实现：没有找到 {func_name}（答案单元是否运行出错、被删除，或者改了名字？）。")
@@ -299,19 +287,22 @@ def grade_notebook(handin: _Handin, nb, points: dict, result: HandinResult) -> N
     findings = backdoors.scan_notebook(nb, _student_cell)
     for f in findings:
         handin.log.append(f"back door in cell {f.cell + 1} line {f.line}: {f.what}")
-    handin.kernel.start()
+    handin.start()
     for index, cell in enumerate(nb.cells):
         if cell.get("cell_type") != "code":
             continue
         meta = cell.get("metadata", {}).get("nbgrader") or {}
         if is_test_cell(meta):
-            score, outputs, records = handin.grade_test_cell(cell, points.get(meta["grade_id"], 0.0), findings)
+            score, outputs, records = handin.timed("test cells", handin.grade_test_cell, cell,
+                                                   points.get(meta["grade_id"], 0.0), findings)
             cell["outputs"] = outputs
             if score is not None:
                 result.scores[meta["grade_id"]] = score
             result.cases.extend(records)
         else:
-            handin.run_cell(index, cell)
+            handin.timed("answer cells", handin.run_cell, index, cell)
+    for phase, seconds in handin.timings.items():
+        result.timings[phase] = round(result.timings.get(phase, 0.0) + seconds, 3)
 
 
 def grade_handin(task: dict) -> HandinResult:
