@@ -642,20 +642,22 @@ def submission_timestamp(root, student, assignment):
     return text
 
 
-def _response_comment(notebook_json, grade_id, checksum):
-    """nbgrader's auto comment of a solution cell: "No response." when it is unchanged."""
+def _unchanged(handed_in, grade_id, checksum):
+    """Whether the hand-in left the cell as released (nbgrader's "no response"): True when
+    its checksum is the released one or the cell is gone, False when changed, None when
+    the autograded notebook is not known."""
     from nbgrader import utils
 
-    if notebook_json is None:
+    if handed_in is None:
         return None
-    for cell in notebook_json.cells:
+    for cell in handed_in.cells:
         meta = cell.get("metadata", {}).get("nbgrader")
         if isinstance(meta, dict) and meta.get("grade_id") == grade_id:
             try:
-                return "No response." if utils.compute_checksum(cell) == checksum else None
+                return utils.compute_checksum(cell) == checksum
             except Exception:
-                return None
-    return "No response."                        # the answer cell is not in the hand-in
+                return False
+    return True
 
 
 def _apply_grade(grade, auto_score, failed):
@@ -667,8 +669,12 @@ def _apply_grade(grade, auto_score, failed):
         grade.needs_manual_grade = grade.manual_score is not None or auto_score is None
 
 
-def _score_for(result, cell, kind, points):
-    """The auto score a HandinResult gives a grade or task cell (None: to grade by hand)."""
+def _score_for(result, cell, kind, points, unchanged):
+    """The auto score a HandinResult gives a grade or task cell (None: to grade by hand).
+
+    Test cells must have a score.  A manually graded answer cell without one gets 0.0 when
+    the hand-in left it as released (nbgrader's determine_grade), else None; a task cell
+    without one gets None."""
     present = cell.name in result.scores
     value = result.scores.get(cell.name)
     autograded = kind == "grade" and cell.cell_type == "code"
@@ -676,7 +682,7 @@ def _score_for(result, cell, kind, points):
         if autograded:
             raise InvalidResult(f"{result.student}/{result.assignment}: the result has no score for the "
                                 f"test cell {cell.name} ({'None' if present else 'missing'}); nothing was written.")
-        return None
+        return 0.0 if kind != "task" and unchanged else None
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -695,9 +701,10 @@ def write_result(url, result, timestamp=None):
     or comment row a re-registered assignment added), then, as nbgrader's autograde does:
 
     * status "graded": every grade cell gets the auto score from result.scores (test cells
-      must have one in [0, points]; a manually graded cell has None or no entry), and
-      needs_manual_grade = (the instructor gave a manual score) or (no auto score); solution
-      cells get the auto comment "No response." when unchanged in result.notebooks;
+      must have one in [0, points]; a manually graded cell may have none: then 0.0 when
+      result.notebooks shows it unchanged from the release, else None, to grade by hand),
+      and needs_manual_grade = (the instructor gave a manual score) or (no auto score);
+      solution cells get the auto comment "No response." when unchanged;
     * status "failed": an explicit 0.0 for every grade and task cell, needs_manual_grade False;
     * a manual score the instructor gave is kept (nbgrader's score uses it first);
     * timestamp (nbgrader's timestamp.txt text or a datetime; see submission_timestamp)
@@ -773,7 +780,11 @@ def write_result(url, result, timestamp=None):
                     grade = Grade(cell_id=cell.id, notebook=submitted)
                     db.add(grade)
                 kind, points = kinds.get(cell.name, ("grade", cell.max_score))
-                score = 0.0 if failed else _score_for(result, cell, kind, points)
+                if failed:
+                    score = 0.0
+                else:
+                    score = _score_for(result, cell, kind, points,
+                                       _unchanged(handed_in, cell.name, checksums.get(cell.name)))
                 _apply_grade(grade, score, failed)
 
             for cell in list(notebook.solution_cells) + list(notebook.task_cells):
@@ -784,7 +795,8 @@ def write_result(url, result, timestamp=None):
                 if failed or kinds.get(cell.name, ("",))[0] == "task":
                     comment.auto_comment = None
                 else:
-                    comment.auto_comment = _response_comment(handed_in, cell.name, checksums.get(cell.name))
+                    unchanged = _unchanged(handed_in, cell.name, checksums.get(cell.name))
+                    comment.auto_comment = "No response." if unchanged else None
 
 
 # --------------------------------------------------------------------------------------

@@ -68,12 +68,22 @@ def _released_notebook(root):
         return fh.read()
 
 
-def _graded(root, student="alice", test=1.5, written=None, **extra):
+def _handed_in(root, answer="中心差分的误差是二阶小量。"):
+    """The released notebook, its written answer filled in (answer=None: left as released)."""
+    nb = nbformat.reads(_released_notebook(root), as_version=4)
+    if answer is not None:
+        for cell in nb.cells:
+            if cell.metadata.get("nbgrader", {}).get("grade_id") == WRITTEN:
+                cell.source = answer
+    return nbformat.writes(nb)
+
+
+def _graded(root, student="alice", test=1.5, written=None, answer="中心差分的误差是二阶小量。", **extra):
     scores = {TEST: test}
     if written is not None:
         scores[WRITTEN] = written
     return HandinResult(student, A, scores=scores, max_scores={TEST: 2.0, WRITTEN: 1.0, TASK: 1.0},
-                        notebooks={A: _released_notebook(root)}, **extra)
+                        notebooks={A: _handed_in(root, answer)}, **extra)
 
 
 def _grades(root, student):
@@ -122,8 +132,7 @@ def test_written_result_reads_back_through_nbgrader(course):
     G.write_result(G.db_url(course), _graded(course, test=1.5), timestamp="2026-11-20 10:00:00 UTC")
     grades = _grades(course, "alice")
     assert grades[TEST] == (1.5, None, 1.5, 2.0, False)
-    # the written answer is unchanged (released text): nbgrader's SaveAutoGrades would give it 0
-    # only if the result says so; here the worker left it to the instructor
+    # the written answer was filled in and the result gives it no score: the instructor grades it
     assert grades[WRITTEN][0] is None and grades[WRITTEN][4] is True and grades[WRITTEN][3] == 1.0
     assert grades[TASK][0] is None and grades[TASK][4] is True
     with Gradebook(G.db_url(course), "loss-functions-zh") as gb:
@@ -132,7 +141,24 @@ def test_written_result_reads_back_through_nbgrader(course):
         assert sub.timestamp.isoformat() == "2026-11-20T10:00:00"
         comment = gb.find_comment("answer_numerical_grad", A, A, "alice")
         assert comment.auto_comment == "No response."     # the released stub was handed in unchanged
+        assert gb.find_comment(WRITTEN, A, A, "alice").auto_comment is None
     assert G.submission_scores(G.db_url(course), A, "alice") == (1.5, MAX, {TEST: 1.5, WRITTEN: 0.0, TASK: 0.0})
+
+
+def test_an_unanswered_written_question_gets_zero_as_nbgrader_gives(course):
+    from nbgrader import utils
+    from nbgrader.api import Gradebook
+
+    G.write_result(G.db_url(course), _graded(course, test=2.0, answer=None))
+    nb = nbformat.reads(_handed_in(course, None), as_version=4)
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == WRITTEN)
+    assert utils.determine_grade(cell) == (0, 1.0)        # nbgrader's own verdict on this cell
+    assert _grades(course, "alice")[WRITTEN] == (0.0, None, 0.0, 1.0, False)
+    with Gradebook(G.db_url(course), "loss-functions-zh") as gb:
+        assert gb.find_comment(WRITTEN, A, A, "alice").auto_comment == "No response."
+    nb.cells.remove(cell)                                 # a deleted answer is no answer either
+    G.write_result(G.db_url(course), HandinResult("alice", A, scores={TEST: 2.0}, notebooks={A: nbformat.writes(nb)}))
+    assert _grades(course, "alice")[WRITTEN][0] == 0.0
 
 
 def test_nbgrader_feedback_and_export_read_the_written_rows(course):
