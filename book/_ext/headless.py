@@ -4,9 +4,14 @@ Used by tests/test_browser.py (open every chapter, check math/images/console/sea
 take screenshots) and from the command line to print the built chapters to PDF:
 
     python book/_ext/headless.py pdf [--html _build/html] [--out _build/pdf]
+    python book/_ext/headless.py book [--html _build/singlehtml] [--out _build/pdf/book.pdf]
 
-Only the standard library and ``websocket-client`` (already installed as a Jupyter
-dependency) are needed. Chromium is started with every background service off and a
+The second prints the whole book, built on one page, to one PDF; ``tools/make_pdf.py``
+builds that page and prints it in one command.
+
+Only the standard library, ``websocket-client`` (already installed as a Jupyter
+dependency), PyYAML and, for the whole-book PDF, fontTools (a matplotlib dependency) are
+needed. Chromium is started with every background service off and a
 fresh profile, and the book is served from 127.0.0.1, so nothing but localhost is
 contacted; requests to any other host are recorded so that a test can fail on them.
 """
@@ -52,6 +57,9 @@ CHROMIUM_FLAGS = (
     "--mute-audio",
 )
 
+#: How long one print to PDF may take (seconds).
+PRINT_TIMEOUT_S = 600
+
 #: The chapters in reading order (the files listed in _toc.yml, as built HTML paths).
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,11 +77,26 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-class StaticServer:
-    """Serve a folder on 127.0.0.1 in a background thread (``with StaticServer(d) as s``)."""
+class _AliasHandler(_QuietHandler):
+    aliases: dict = {}
 
-    def __init__(self, directory: Path):
-        handler = functools.partial(_QuietHandler, directory=str(directory))
+    def translate_path(self, path):
+        url_path = urllib.parse.urlsplit(path).path
+        if url_path in self.aliases:
+            return os.path.join(self.directory, self.aliases[url_path])
+        return super().translate_path(path)
+
+
+class StaticServer:
+    """Serve a folder on 127.0.0.1 in a background thread (``with StaticServer(d) as s``).
+
+    ``aliases`` maps URL paths to files of the folder, e.g. {"/book.html":
+    "book/00_preface.html"} serves a page at the root, where its relative links point.
+    """
+
+    def __init__(self, directory: Path, aliases: dict | None = None):
+        handler_class = type("Handler", (_AliasHandler,), {"aliases": dict(aliases or {})})
+        handler = functools.partial(handler_class, directory=str(directory))
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.port = self.httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/"
@@ -281,20 +304,45 @@ class Browser:
             mobile=False,
         )
 
-    def print_pdf(self, path: Path) -> None:
-        data = self.send(
-            "Page.printToPDF",
+    def print_pdf(self, path: Path, page_numbers: bool = False, outline: bool = False) -> None:
+        """Print the page to an A4 PDF; optionally with page numbers in the footer and a
+        document outline (PDF bookmarks) made from the headings."""
+        options = dict(
             printBackground=True,
             preferCSSPageSize=False,
             paperWidth=8.27,  # A4
             paperHeight=11.69,
             marginTop=0.5,
-            marginBottom=0.5,
+            marginBottom=0.6 if page_numbers else 0.5,
             marginLeft=0.5,
             marginRight=0.5,
         )
+        if page_numbers:
+            options.update(
+                displayHeaderFooter=True,
+                headerTemplate="<span></span>",
+                footerTemplate=PAGE_NUMBER_FOOTER,
+            )
+        if outline:
+            options.update(generateDocumentOutline=True, transferMode="ReturnAsStream")
+        self.ws.settimeout(PRINT_TIMEOUT_S)  # a whole book takes minutes on a busy machine
+        try:
+            data = self.send("Page.printToPDF", **options)
+        finally:
+            self.ws.settimeout(60)
+        if "stream" in data:  # a large PDF comes back in chunks
+            chunks = []
+            while True:
+                chunk = self.send("IO.read", handle=data["stream"], size=4 << 20)
+                chunks.append(base64.b64decode(chunk["data"]) if chunk.get("base64Encoded") else chunk["data"].encode("utf-8"))
+                if chunk.get("eof"):
+                    break
+            self.send("IO.close", handle=data["stream"])
+            pdf = b"".join(chunks)
+        else:
+            pdf = base64.b64decode(data["data"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(data["data"]))
+        path.write_bytes(pdf)
 
 
 #: Resolves once MathJax has typeset the page (if the page loads MathJax) and every
@@ -337,13 +385,269 @@ def print_chapters(html_dir: Path, out_dir: Path) -> list[Path]:
     return written
 
 
+#: Footer of every page of the whole-book PDF (Chromium fills in the numbers).
+PAGE_NUMBER_FOOTER = (
+    '<div style="width:100%;text-align:center;font-size:8px;color:#666;">'
+    '<span class="pageNumber"></span> / <span class="totalPages"></span></div>'
+)
+
+#: Runs WAIT_FOR_PAGE_JS in the background; poll window.__lossbookReady (a long page can
+#: take longer to typeset than one DevTools round trip may wait).
+START_WAIT_JS = (
+    "window.__lossbookReady = null; ("
+    + WAIT_FOR_PAGE_JS.strip()
+    + ").then(() => { window.__lossbookReady = 'ok'; },"
+    " (e) => { window.__lossbookReady = 'error: ' + e; }); true"
+)
+
+#: What must be true of the single page before it is printed: every formula typeset by
+#: MathJax, every image loaded. Returns the problems found.
+CHECK_PAGE_JS = r"""
+(() => {
+  const problems = [];
+  const math = Array.from(document.querySelectorAll("article .math"));
+  const raw = math.filter((el) => !el.querySelector("mjx-container"));
+  if (raw.length) problems.push(raw.length + " formula(s) not typeset, e.g. " + raw[0].textContent.slice(0, 80));
+  const broken = Array.from(document.querySelectorAll("article img")).filter((img) => !img.naturalWidth);
+  if (broken.length) problems.push(broken.length + " image(s) not loaded, e.g. " + broken[0].src);
+  return {problems, formulas: math.length, images: document.querySelectorAll("article img").length};
+})()
+"""
+
+#: Turns the single-page book into a printable book: a cover, a table of contents made
+#: from the chapter and section headings (each entry links to its heading, which the PDF
+#: keeps as an internal link), each chapter on a new page. Argument: {title, author,
+#: year, url}.
+PREPARE_BOOK_JS = r"""
+((meta) => {
+  const article = document.querySelector("article.bd-article") || document.querySelector("article");
+  if (!article) throw new Error("no <article> on the page");
+  const el = (tag, cls, text) => {
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  };
+  // Headings: the root page (the preface: h1, its sections h2) and each chapter that
+  // singlehtml inlines from the toctree (h2, its sections h3).
+  const entries = [];
+  article.querySelectorAll("h1, h2, h3").forEach((heading, index) => {
+    const inChapter = heading.closest("div.toctree-wrapper > section") !== null;
+    const level = {H1: 1, H2: inChapter ? 1 : 2, H3: inChapter ? 2 : 0}[heading.tagName];
+    if (!level) return;
+    const clone = heading.cloneNode(true);
+    clone.querySelectorAll("a.headerlink").forEach((a) => a.remove());
+    heading.id = "lossbook-heading-" + index;
+    entries.push({level, node: clone, id: heading.id});
+  });
+
+  const cover = el("section", "lossbook-cover");
+  cover.append(el("div", "lossbook-cover-title", meta.title));
+  if (meta.subtitle) cover.append(el("div", "lossbook-cover-subtitle", meta.subtitle));
+  cover.append(el("div", "lossbook-cover-author", meta.author));
+  const foot = el("div", "lossbook-cover-foot");
+  foot.append(el("div", "", meta.year));
+  if (meta.url) foot.append(el("div", "", "在线版本与练习：" + meta.url));
+  cover.append(foot);
+
+  const toc = el("nav", "lossbook-toc");
+  toc.append(el("div", "lossbook-toc-title", "目录"));
+  const list = el("ul");
+  entries.forEach((entry) => {
+    const item = el("li", "lossbook-toc-l" + entry.level);
+    const link = el("a");
+    link.href = "#" + entry.id;
+    link.append(...Array.from(entry.node.childNodes));
+    item.append(link);
+    list.append(item);
+  });
+  toc.append(list);
+  article.prepend(cover, toc);
+
+  // Chinese text in the course's own font (served at /lossbook-cjk.ttf, CJK code points
+  // only), ahead of the theme's font stacks; Latin text keeps the theme's fonts.
+  const rootStyle = getComputedStyle(document.documentElement);
+  const fontVars = ["--pst-font-family-base", "--pst-font-family-heading", "--pst-font-family-monospace"]
+    .map((name) => `${name}: "LossbookCJK", ${rootStyle.getPropertyValue(name).trim() || "sans-serif"};`)
+    .join(" ");
+  const style = el("style");
+  style.textContent = `
+    @font-face { font-family: "LossbookCJK"; src: url("/lossbook-cjk.ttf") format("truetype");
+      unicode-range: U+2E80-9FFF, U+F900-FAFF, U+FE30-FE4F, U+FF00-FFEF; }
+    @media print { :root { ${fontVars} } }
+    .lossbook-cover { display: none; }
+    .lossbook-toc { display: none; }
+    @media print {
+      .lossbook-cover { display: flex; flex-direction: column; justify-content: center;
+        height: 9.5in; text-align: center; break-after: page; }
+      .lossbook-cover-title { font-size: 40pt; font-weight: 700; margin-bottom: 0.3em; }
+      .lossbook-cover-subtitle { font-size: 16pt; color: #444; margin-bottom: 2em; }
+      .lossbook-cover-author { font-size: 14pt; margin-top: 2em; }
+      .lossbook-cover-foot { margin-top: 3em; font-size: 10pt; color: #555; line-height: 1.8; }
+      .lossbook-toc { display: block; break-after: page; }
+      .lossbook-toc-title { font-size: 20pt; font-weight: 700; margin: 0 0 0.8em; }
+      .lossbook-toc ul { list-style: none; padding: 0; margin: 0; }
+      .lossbook-toc li { margin: 0.15em 0; break-inside: avoid; }
+      .lossbook-toc li.lossbook-toc-l1 { font-weight: 600; margin-top: 0.6em; }
+      .lossbook-toc li.lossbook-toc-l2 { padding-left: 2em; font-size: 0.92em; }
+      .lossbook-toc a { color: inherit; text-decoration: none; }
+      article div.toctree-wrapper > section { break-before: page; }
+      article h1, article h2, article h3 { break-after: avoid; }
+      a.headerlink, #jb-print-docs-body { display: none !important; }
+    }`;
+  document.head.append(style);
+  return entries.length;
+})
+"""
+
+
+def course_font_path() -> Path:
+    """The course's CJK font (lossgrader/cjkfont.py's FONT_PATH), read without importing
+    the lossgrader package (and torch)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_lossbook_cjkfont", ROOT / "lossgrader" / "cjkfont.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return Path(module.FONT_PATH)
+
+
+def truetype_copy(otf: Path, out: Path) -> Path:
+    """Write a TrueType-outline copy of a CFF OpenType font.
+
+    Chromium's PDF backend (Skia) embeds TrueType fonts as CID fonts, but CFF ones (all
+    Noto CJK fonts) only as one Type 3 font per few hundred glyphs: the whole book had
+    350 of them and the PDF doubled in size. The curves are converted to quadratic
+    splines within 1 font unit.
+    """
+    from fontTools.pens.cu2quPen import Cu2QuPen
+    from fontTools.pens.ttGlyphPen import TTGlyphPen
+    from fontTools.ttLib import TTFont, newTable
+
+    font = TTFont(str(otf))
+    glyph_set = font.getGlyphSet()
+    glyf = newTable("glyf")
+    glyf.glyphOrder = font.getGlyphOrder()
+    glyf.glyphs = {}
+    for name in glyf.glyphOrder:
+        pen = TTGlyphPen(glyph_set)
+        glyph_set[name].draw(Cu2QuPen(pen, max_err=1.0, reverse_direction=True))
+        glyf.glyphs[name] = pen.glyph()
+    for tag in ("CFF ", "VORG"):
+        if tag in font:
+            del font[tag]
+    font["glyf"], font["loca"] = glyf, newTable("loca")
+    maxp = font["maxp"]
+    maxp.tableVersion = 0x00010000
+    for field in ("maxZones", "maxTwilightPoints", "maxStorage", "maxFunctionDefs",
+                  "maxInstructionDefs", "maxStackElements", "maxSizeOfInstructions",
+                  "maxComponentElements"):
+        setattr(maxp, field, 0)
+    maxp.maxZones = 1
+    font["head"].glyphDataFormat = 0
+    font["post"].formatType = 3.0
+    font.sfntVersion = "\x00\x01\x00\x00"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    font.save(str(out))
+    return out
+
+
+def pdf_page_count(path: Path) -> int:
+    """Number of pages of a PDF that Chromium wrote (its page objects are not compressed)."""
+    import re
+
+    return len(re.findall(rb"/Type\s*/Page(?![s\w])", path.read_bytes()))
+
+
+def single_page(html_dir: Path) -> str:
+    """The page of a singlehtml build that holds the whole book (the _toc.yml root)."""
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    return f"{Path(toc['root']).with_suffix('')}.html"
+
+
+def book_metadata(config_path: Path = ROOT / "_config.yml") -> dict:
+    """Title, author, year and repository URL of the book (from _config.yml)."""
+    import yaml
+
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    return {
+        "title": config.get("title", ""),
+        "subtitle": "原理、梯度与 PyTorch 实现",
+        "author": config.get("author", ""),
+        "year": str(config.get("copyright", "")),
+        "url": (config.get("repository") or {}).get("url", ""),
+    }
+
+
+def print_book(single_html_dir: Path, out: Path, timeout: float = 300.0) -> dict:
+    """Print a singlehtml build of the book to one PDF: cover, table of contents, every
+    chapter on new pages in TOC order, formulas typeset, figures loaded, page numbers,
+    bookmarks. Returns what was checked ({formulas, images, headings})."""
+    page = single_page(single_html_dir)
+    if not (single_html_dir / page).exists():
+        raise FileNotFoundError(f"{single_html_dir / page} not found: build with --custom-builder singlehtml")
+    work = Path(tempfile.mkdtemp(prefix="lossbook-pdf-"))
+    try:
+        font = truetype_copy(course_font_path(), work / "lossbook-cjk.ttf")
+        # singlehtml writes every link of the page relative to the build root (_static/,
+        # _images/), even though the page sits in book/: serve it at the root.
+        aliases = {"/book.html": page, "/lossbook-cjk.ttf": str(font)}
+        return _print_single_page(single_html_dir, aliases, out, timeout)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _print_single_page(single_html_dir: Path, aliases: dict, out: Path, timeout: float) -> dict:
+    with StaticServer(single_html_dir, aliases) as server, Browser() as browser:
+        browser.events = []
+        browser.send("Page.navigate", url=server.base_url + "book.html")
+        browser.wait_event("Page.loadEventFired", timeout=timeout)
+        browser.evaluate(START_WAIT_JS, await_promise=False)
+        deadline = time.monotonic() + timeout
+        while (state := browser.evaluate("window.__lossbookReady", await_promise=False)) is None:
+            if time.monotonic() > deadline:
+                raise CDPError(f"MathJax/images not ready after {timeout:.0f} s")
+            time.sleep(0.5)
+        if state != "ok":
+            raise CDPError(f"waiting for the page failed: {state}")
+        checked = browser.evaluate(CHECK_PAGE_JS)
+        if checked["problems"]:
+            raise CDPError("; ".join(checked["problems"]))
+        checked["headings"] = browser.evaluate(
+            f"({PREPARE_BOOK_JS.strip()})({json.dumps(book_metadata())})", await_promise=False)
+        # The @font-face is used only in print: load it now, or the print falls back.
+        loaded = browser.evaluate(
+            'document.fonts.load("16px LossbookCJK", "中").then((faces) => faces.length)')
+        if not loaded:
+            raise CDPError("the course's CJK font (/lossbook-cjk.ttf) did not load")
+        # The singlehtml builder writes no search index that the theme's search box asks for.
+        errors = [p for p in browser.problems()
+                  if not p.startswith("request to another host") and not p.endswith("/searchindex.js")]
+        if errors:
+            raise CDPError("the page reported errors: " + "; ".join(errors[:5]))
+        try:
+            browser.print_pdf(out, page_numbers=True, outline=True)
+        except CDPError:  # an older Chromium without generateDocumentOutline
+            browser.print_pdf(out, page_numbers=True)
+    return checked
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     pdf = sub.add_parser("pdf", help="print each built chapter to PDF")
     pdf.add_argument("--html", type=Path, default=ROOT / "_build" / "html")
     pdf.add_argument("--out", type=Path, default=ROOT / "_build" / "pdf")
+    book = sub.add_parser("book", help="print a singlehtml build of the whole book to one PDF")
+    book.add_argument("--html", type=Path, default=ROOT / "_build" / "singlehtml")
+    book.add_argument("--out", type=Path, default=ROOT / "_build" / "pdf" / "book.pdf")
     args = parser.parse_args(argv)
+    if args.command == "book":
+        checked = print_book(args.html, args.out)
+        print(f"{args.out} ({checked['formulas']} formulas, {checked['images']} images)")
+        return 0
     if args.command == "pdf":
         if not (args.html / "index.html").exists():
             print(f"{args.html} has no built book: run `jupyter-book build .` first", file=sys.stderr)
