@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import sqlite3
+import threading
 import urllib.parse
 
 GRADEBOOK_FILE = "gradebook.db"
@@ -262,61 +263,73 @@ def _safe_url(url):
 # Sessions: read-only for readers, one immediate transaction for the writer
 # --------------------------------------------------------------------------------------
 
+_ENGINES = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _engine(url, write):
+    """The SQLAlchemy engine for url, made once per process (its compiled-SQL cache is what
+    makes a write cheap).  SQLite engines open a fresh connection for every session
+    (NullPool), so a restored file is seen at once; readers' connections are read-only;
+    the writer's transactions start with BEGIN IMMEDIATE (the write lock is taken at once,
+    waiting up to BUSY_TIMEOUT for readers, so a write cannot fail half-way for a lock)."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.pool import NullPool
+
+    path = sqlite_path(url)
+    key = (url, bool(write)) if path is not None else (url, None)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is not None:
+            return engine
+        if path is None:
+            engine = create_engine(url)
+        elif not write:
+            engine = create_engine("sqlite://", creator=lambda: _ro_connect(path), poolclass=NullPool)
+        else:
+            def connect():
+                con = sqlite3.connect(path, timeout=BUSY_TIMEOUT, check_same_thread=False)
+                con.isolation_level = None       # SQLAlchemy's BEGIN below, not pysqlite's own
+                return con
+
+            engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
+
+            @event.listens_for(engine, "begin")
+            def _begin_immediate(conn):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+        _ENGINES[key] = engine
+        return engine
+
+
 @contextlib.contextmanager
 def _reading(url):
     """A read-only SQLAlchemy session over nbgrader's models; None when there is no gradebook."""
-    from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
-    from sqlalchemy.pool import NullPool
 
     check_readable(url)
     path = sqlite_path(url)
-    if path is not None:
-        if not os.path.exists(path):
-            yield None
-            return
-        engine = create_engine("sqlite://", creator=lambda: _ro_connect(path), poolclass=NullPool)
-    else:
-        engine = create_engine(url)
-    session = Session(engine, autoflush=False)
+    if path is not None and not os.path.exists(path):
+        yield None
+        return
+    session = Session(_engine(url, write=False), autoflush=False)
     try:
         yield session
     finally:
         session.rollback()
         session.close()
-        engine.dispose()
 
 
 @contextlib.contextmanager
 def _writing(url):
-    """A session whose changes are committed together at the end, or not at all.
-
-    SQLite: the transaction starts with BEGIN IMMEDIATE (it takes the write lock at once,
-    waiting up to BUSY_TIMEOUT for readers), so it cannot fail half-way for a lock."""
-    from sqlalchemy import create_engine, event
+    """A session whose changes are committed together at the end, or not at all."""
     from sqlalchemy.orm import Session
-    from sqlalchemy.pool import NullPool
 
     check_readable(url)
     path = sqlite_path(url)
-    if path is not None:
-        if not os.path.exists(path):
-            raise GradebookError(f"There is no gradebook at {path} yet: register the assignments first "
-                                 "(`lossgrader generate --gradebook-only`).")
-
-        def connect():
-            con = sqlite3.connect(path, timeout=BUSY_TIMEOUT, check_same_thread=False)
-            con.isolation_level = None           # SQLAlchemy's BEGIN below, not pysqlite's own
-            return con
-
-        engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
-
-        @event.listens_for(engine, "begin")
-        def _begin_immediate(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        engine = create_engine(url)
-    session = Session(engine, autoflush=True)
+    if path is not None and not os.path.exists(path):
+        raise GradebookError(f"There is no gradebook at {path} yet: register the assignments first "
+                             "(`lossgrader generate --gradebook-only`).")
+    session = Session(_engine(url, write=True), autoflush=True)
     try:
         yield session
         session.commit()
@@ -325,7 +338,6 @@ def _writing(url):
         raise
     finally:
         session.close()
-        engine.dispose()
 
 
 # --------------------------------------------------------------------------------------
@@ -878,7 +890,8 @@ def grade_rows(root):
     submission) or "needs manual grading" (nbgrader's needs_manual_grade: a cell without an
     auto score, or one whose manual score should be reviewed after autograding again).
     Read-only."""
-    from nbgrader.api import Assignment, Student
+    from nbgrader.api import (Assignment, BaseCell, Grade, Student, SubmittedAssignment,
+                              SubmittedNotebook)
 
     status = read_status(root)
     rows = []
@@ -888,20 +901,37 @@ def grade_rows(root):
         assignments = sorted((a for a in db.query(Assignment) if a.notebooks), key=lambda a: a.name)
         known = _source_assignments(root) | {a.name for a in assignments}
         students = sorted({s.id for s in db.query(Student)} | _submitted_students(root, known))
+        # two queries for the whole class (not two per submission)
+        totals = {(name, student): (float(score or 0.0), float(max_score or 0.0))
+                  for name, student, score, max_score in
+                  db.query(Assignment.name, SubmittedAssignment.student_id,
+                           SubmittedAssignment.score, SubmittedAssignment.max_score)
+                  .join(Assignment, Assignment.id == SubmittedAssignment.assignment_id)}
+        manual = {}
+        for name, student, cell in (
+                db.query(Assignment.name, SubmittedAssignment.student_id, BaseCell.name)
+                .select_from(Grade)
+                .join(SubmittedNotebook, SubmittedNotebook.id == Grade.notebook_id)
+                .join(SubmittedAssignment, SubmittedAssignment.id == SubmittedNotebook.assignment_id)
+                .join(Assignment, Assignment.id == SubmittedAssignment.assignment_id)
+                .join(BaseCell, BaseCell.id == Grade.cell_id)
+                .filter(Grade.needs_manual_grade.is_(True))):
+            manual.setdefault((name, student), set()).add(cell)
         for assignment in assignments:
             for student in students:
-                scores = _submission_scores(db, assignment.name, student)
+                found = totals.get((assignment.name, student))
                 entry = status.get(f"{student}/{assignment.name}", {})
                 entry = entry if isinstance(entry, dict) else {}
-                if scores is None:
+                if found is None:
                     score, max_score = 0.0, float(assignment.max_score or 0.0)
                     state, reason = "missing", "no submission"
                 else:
-                    score, max_score = scores[0], scores[1]
+                    score, max_score = found
                     state = entry.get("status", "autograded")
                     reason = entry.get("reason", "")
-                    if state != "failed" and scores[3]:
-                        state, reason = "needs manual grading", "cells to grade by hand: " + ", ".join(sorted(scores[3]))
+                    to_grade = manual.get((assignment.name, student))
+                    if state != "failed" and to_grade:
+                        state, reason = "needs manual grading", "cells to grade by hand: " + ", ".join(sorted(to_grade))
                 rows.append({"student_id": student, "assignment": assignment.name,
                              "score": round(score, 4), "max_score": round(max_score, 4),
                              "status": state, "reason": reason})
