@@ -45,7 +45,7 @@ captured output             :meth:`Sandbox.run` keeps ``max_output_bytes`` per s
 ==========================  ==================================  ===========================
 
 A per-sandbox cgroup is created under the caller's own cgroup (cgroup v1: one per
-controller, e.g. ``/sys/fs/cgroup/memory/<own>/lossgrader-<pid>-<n>``; cgroup v2: a child
+controller, e.g. ``/sys/fs/cgroup/memory/<own>/lossgrader-<pid>-<pidns>-<n>``; cgroup v2: a child
 of the caller's cgroup or of its parent, whichever is writable and has the ``memory`` and
 ``pids`` controllers enabled). Running as root on cgroup v1 (this project's machines) or
 as root on a usual cgroup v2 host gives the cgroup column; a normal user gets it where
@@ -341,27 +341,43 @@ def _relative(path: str, root: str) -> str | None:
     return None
 
 
+def _pid_namespace() -> str:
+    """An id of our PID namespace: a pid means something only inside its namespace."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
+def _cgroup_name() -> str:
+    return f"{_CGROUP_PREFIX}{os.getpid()}-{_pid_namespace()}-{next(_cgroup_counter)}"
+
+
 def _remove_stale_cgroups(parent: str) -> None:
-    """Remove empty cgroups left by sandboxes whose creating process died."""
+    """Remove the empty cgroups left by sandboxes whose creating process died.
+
+    Only cgroups created from our PID namespace are considered (a pid means nothing in
+    another one), and only empty ones are removed (rmdir fails on a busy cgroup): a
+    sandbox's processes never outlive their creator anyway (``--die-with-parent``).
+    """
     try:
         names = os.listdir(parent)
     except OSError:
         return
+    ns = _pid_namespace()
     for name in names:
-        if not name.startswith(_CGROUP_PREFIX):
+        parts = name[len(_CGROUP_PREFIX):].split("-")
+        if not name.startswith(_CGROUP_PREFIX) or len(parts) != 3 or parts[1] != ns:
             continue
         try:
-            pid = int(name[len(_CGROUP_PREFIX):].split("-")[0])
-            os.kill(pid, 0)
+            os.kill(int(parts[0]), 0)
             continue  # its creator is alive: not ours to touch
         except ProcessLookupError:
             pass
         except (ValueError, PermissionError):
             continue
-        path = os.path.join(parent, name)
-        _kill_cgroup_members(path)
         try:
-            os.rmdir(path)
+            os.rmdir(os.path.join(parent, name))
         except OSError:
             pass
 
@@ -396,7 +412,7 @@ class _Cgroup:
     @classmethod
     def create(cls, limits: Limits, proc: str = "/proc/self") -> "_Cgroup | None":
         """Create and configure a cgroup for one sandbox, or None where we cannot."""
-        name = f"{_CGROUP_PREFIX}{os.getpid()}-{next(_cgroup_counter)}"
+        name = _cgroup_name()
         v1, v2 = _own_cgroup_dirs(proc)
         if "memory" in v1 or "pids" in v1:
             made: dict[str, str] = {}

@@ -164,33 +164,38 @@ def test_hidden_home_classmates_and_course_files_are_unreadable(course):
 def test_only_scratch_is_writable(course):
     root = course["root"]
     sb = Sandbox(str(course["scratch"]), extra_ro=(str(root),), hide=(str(root / "grader"),))
-    targets = [
-        os.path.join(sbx.python_paths()[-1], "evil.py"),  # site-packages
-        os.path.join(sys.prefix, "evil.txt"),
-        "/usr/evil", "/etc/evil", "/evil", "/dev/evil", "/proc/evil",
-        str(root / "gradebook.db"),  # read-only course file
-        str(root / "grader" / "evil.py"),  # hidden folder
-        str(course["classmate"] / "answer.ipynb"),
+    # unique names, removed afterwards: a broken defence must not leave files behind
+    name = f"lossgrader-sandbox-test-{os.getpid()}-{time.time_ns()}"
+    created = [
+        os.path.join(sbx.python_paths()[-1], name + ".py"),  # site-packages
+        os.path.join(sys.prefix, name),
+        f"/usr/{name}", f"/etc/{name}", f"/{name}", f"/dev/{name}", f"/proc/{name}",
+        str(root / "grader" / name),  # hidden folder
     ]
-    r = py(sb, f"""
-        for path in {targets!r}:
-            try:
-                with open(path, "w") as f:
-                    f.write("pwned")
-                print("WROTE", path)
-            except OSError as exc:
-                print("denied", path, type(exc).__name__)
-        open("mine.txt", "w").write("ok")
-        open("/tmp/private.txt", "w").write("ok")
-    """)
-    sb.kill()
+    existing = [str(root / "gradebook.db"), str(course["classmate"] / "answer.ipynb")]
+    try:
+        r = py(sb, f"""
+            for path in {created + existing!r}:
+                try:
+                    with open(path, "a") as f:
+                        f.write("pwned")
+                    print("WROTE", path)
+                except OSError as exc:
+                    print("denied", path, type(exc).__name__)
+            open("mine.txt", "w").write("ok")
+            open("/tmp/{name}", "w").write("ok")
+        """)
+    finally:
+        sb.kill()
+        for path in created + [f"/tmp/{name}"]:
+            if os.path.isfile(path):
+                os.remove(path)
     assert r.returncode == 0, r.stderr
     assert b"WROTE" not in r.stdout, r.stdout
-    assert r.stdout.count(b"denied") == len(targets)
+    assert r.stdout.count(b"denied") == len(created + existing)
     assert (course["scratch"] / "mine.txt").read_text() == "ok"
     assert (root / "gradebook.db").read_text() == "grades"
     assert (course["classmate"] / "answer.ipynb").read_text() == "bob's answer"
-    assert not Path("/tmp/private.txt").exists()
 
 
 # --------------------------------------------------------------------------------------
@@ -271,6 +276,14 @@ def test_sandbox_dies_with_the_process_that_started_it(course):
         parent.send_signal(signal.SIGKILL)  # the grading worker crashes
         parent.wait()
         _assert_beats_stopped(scratch)
+        # its cgroups, left behind, are removed when the next sandbox is made
+        cgroup = sbx._Cgroup.create(Limits())
+        if cgroup is not None:
+            parents = {os.path.dirname(d) for d in cgroup.dirs.values()}
+            cgroup.remove()
+            left = [n for d in parents for n in os.listdir(d)
+                    if n.startswith(f"lossgrader-{parent.pid}-")]
+            assert left == []
     finally:
         parent.kill()
         parent.wait()
