@@ -48,10 +48,10 @@ _BACKUP_NAME = re.compile(r"^gradebook-(\d{8}T\d{6}\.\d{6})Z(?:-(\d+))?\.db$")
 _BROKEN_NAME = re.compile(r"^gradebook-broken-(\d{8}T\d{6}\.\d{6})Z(?:-(\d+))?\.db$")
 _SIDE_FILES = ("-journal", "-wal", "-shm")     # SQLite's companions of a database file
 
-RESTORE_HINT = ("To bring back the newest backup (the damaged file is kept aside), run "
-                "`lossgrader restore` in the course directory, or "
-                "python -c \"from lossgrader.gradebook import restore; print(restore('.'))\"; "
-                "backups are in .lossgrader/backups/. To start an empty gradebook instead, move the file away.")
+RESTORE_COMMAND = ("run `lossgrader restore` in the course directory, or "
+                   "python -c \"from lossgrader.gradebook import restore; print(restore('.'))\"")
+RESTORE_HINT = ("To bring back the newest backup (the damaged file is kept aside), " + RESTORE_COMMAND
+                + "; backups are in .lossgrader/backups/. To start an empty gradebook instead, move the file away.")
 
 
 class GradebookError(Exception):
@@ -212,7 +212,9 @@ def check_readable(url):
     """Raise GradebookError when the gradebook at url exists but is not a readable nbgrader
     gradebook (garbage, truncated, empty, a database without nbgrader's tables).
 
-    A gradebook that does not exist yet is fine (a new course).  An unreadable file is never
+    A gradebook that does not exist yet is fine (a new course), unless backups of it exist
+    beside it (.lossgrader/backups/): then it was deleted, and starting an empty one would
+    lose every grade, so that is an error too.  An unreadable file is never
     created over, migrated or overwritten.  The check only reads, with one exception: when a
     writer was killed mid-transaction, SQLite's own crash recovery rolls its journal back
     (the last committed grades, nothing else), as any SQLite client would on opening it."""
@@ -223,6 +225,15 @@ def check_readable(url):
         _check_server_database(url)
         return
     if not os.path.exists(path):
+        kept = _sorted_backups(os.path.join(os.path.dirname(path), BACKUP_DIR), _BACKUP_NAME)
+        if kept:
+            raise GradebookError(
+                f"The gradebook {path} is missing, but {len(kept)} backup{'s' if len(kept) > 1 else ''} of it "
+                f"{'are' if len(kept) > 1 else 'is'} in "
+                f"{os.path.dirname(kept[0])} (newest {os.path.basename(kept[0])}): it was deleted or moved, "
+                "and lossgrader will not start an empty gradebook in its place. To bring back the newest "
+                f"backup, {RESTORE_COMMAND}. To start an empty gradebook on purpose, move that backups "
+                "folder away first.")
         return
     if not os.path.isfile(path):
         raise GradebookError(f"The gradebook {path} is not a file. {RESTORE_HINT}")
@@ -360,7 +371,11 @@ def _unique(directory, prefix):
 
 
 def _backup_dir(root):
-    return os.path.join(os.path.abspath(root), BACKUP_DIR)
+    """.lossgrader/backups/ beside the gradebook file (the course directory unless
+    nbgrader_config.py puts the gradebook elsewhere)."""
+    path = sqlite_path(db_url(root))
+    base = os.path.dirname(path) if path else os.path.abspath(root)
+    return os.path.join(base, BACKUP_DIR)
 
 
 def _sorted_backups(directory, pattern):

@@ -330,6 +330,27 @@ def test_backup_and_restore_round_trip(course):
         G.restore(course, "gradebook-19990101T000000.000000Z.db")
 
 
+def test_a_deleted_gradebook_is_not_started_afresh(course):
+    url = G.db_url(course)
+    G.write_result(url, _graded(course, test=2.0))
+    G.backup(course)
+    os.remove(G.sqlite_path(url))                       # e.g. a hand-in run without the sandbox
+    calls = [
+        lambda: G.registered_assignments(course),
+        lambda: G.register(course, [A]),
+        lambda: G.grade_rows(course),
+        lambda: G.write_result(url, _graded(course, test=1.0)),
+        lambda: G.backup(course),
+    ]
+    for call in calls:
+        with pytest.raises(G.GradebookError, match="is missing, but 1 backup of it is in"):
+            call()
+        assert not os.path.exists(G.sqlite_path(url))
+    G.restore(course)
+    assert G.submission_scores(url, A, "alice")[0] == 2.0
+    assert G.list_backups(course, broken=True) == []
+
+
 def test_backups_have_unique_names_and_only_the_newest_are_kept(course):
     made = [G.backup(course, keep=3) for _ in range(5)]
     assert len(set(made)) == 5
