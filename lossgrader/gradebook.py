@@ -11,7 +11,8 @@ One writer, nothing lost (issue 7, item 3):
   (nbgrader's own ``Gradebook`` class creates tables and commits a course row on every open).
 * Every function checks the file first (``check_readable``): a truncated, overwritten or
   foreign file raises ``GradebookError`` with what to do, and is never created over,
-  migrated or overwritten.
+  migrated or overwritten; so does a gradebook that was deleted while backups of it exist.
+  A writer killed mid-transaction loses only that transaction (SQLite's journal rollback).
 * ``backup`` copies the database with SQLite's backup API into ``.lossgrader/backups/``
   (the coordinator calls it before a batch writes); ``restore`` brings one back after
   keeping the current file aside.  The documented one-liner, when the ``lossgrader restore``
@@ -366,7 +367,7 @@ def _unique(directory, prefix):
     n = 1
     while os.path.exists(os.path.join(directory, name)):
         n += 1
-        name = f"{prefix}-{stamp[:-1]}Z-{n}.db"
+        name = f"{prefix}-{stamp}-{n}.db"
     return os.path.join(directory, name)
 
 
@@ -437,6 +438,9 @@ def backup(root, keep=KEEP_BACKUPS):
         return None
     directory = _backup_dir(root)
     os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):          # left by a backup that was interrupted
+        if name.startswith("gradebook-") and name.endswith(".db.part"):
+            os.remove(os.path.join(directory, name))
     dest = _unique(directory, "gradebook")
     _copy_database(path, dest)
     for old in list_backups(root)[max(1, keep):]:
