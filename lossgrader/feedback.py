@@ -125,16 +125,18 @@ def _nh3(fragment):
 
 
 def _offline_image(match):
-    """An <img> that would load from the network becomes text (a badge for Colab's)."""
+    """An <img> that is not embedded in the page (a remote or a relative URL) becomes text:
+    offline it would be a broken image, and the page ships no other file. Colab's badge
+    becomes a badge drawn by CSS."""
     attrs = {k: html.unescape(v) for k, v in _ATTR.findall(match.group(1))}
     src = attrs.get("src", "")
-    if not _REMOTE.match(src):
+    if src.startswith("data:"):
         return match.group(0)
     if "colab-badge" in src or "colab.research.google.com" in src:
         return '<span class="lg-remote-image lg-badge">在 Colab 中打开</span>'
     alt = attrs.get("alt") or "无说明"
-    return (f'<span class="lg-remote-image" title="{html.escape(src)}">'
-            f'网络图片（离线不显示）：{html.escape(alt)}</span>')
+    where = "网络图片" if _REMOTE.match(src) else "图片"
+    return f'<span class="lg-remote-image">{where}（未包含在反馈页中）：{html.escape(alt)}</span>'
 
 
 def clean_html(fragment) -> str:

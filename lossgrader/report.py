@@ -8,6 +8,7 @@ losses that fail, a plot of the student's curve against the reference.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -89,46 +90,64 @@ class Report:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
+        # A light card that sets its own text colour on every box: in a dark theme
+        # (JupyterLab, Colab) the notebook's light text would otherwise land on the
+        # report's light backgrounds, and the theme's table stripes under dark text.
         ok = self.passed
         color = "#1a7f37" if ok else ("#9a6700" if self.score > 0 else "#cf222e")
         title = html.escape(self.exercise.title)
-        head = (f'<div class="lossgrader-report" style="border:1px solid #d0d7de;border-left:6px solid {color};'
+        head = (f'<div class="lossgrader-report" style="{_CARD}border-left:6px solid {color};'
                 f'border-radius:6px;padding:10px 14px;margin:6px 0;font-family:sans-serif;font-size:14px;">'
-                f'<div style="font-size:15px;margin-bottom:6px;"><b>{title}</b> '
-                f'<code>{html.escape(self.exercise.id)}</code> — '
+                f'<div style="font-size:15px;margin-bottom:6px;color:{_TEXT};"><b>{title}</b> '
+                f'<code style="{_CODE}">{html.escape(self.exercise.id)}</code> — '
                 f'<b style="color:{color}">得分 {self.score:g} / {self.points:g}</b>'
                 f'{"　✔ 全部通过" if ok else ""}</div>')
-        meta = (f'<div style="color:#6e7781;font-size:12px;margin-bottom:6px;">'
+        meta = (f'<div style="color:{_MUTED};font-size:12px;margin-bottom:6px;">'
                 f'设备：{html.escape(self.device)}　用例：{len(self.results)} 个'
                 f'{"（含隐藏测试）" if self.hidden else ""}　用时：{self.seconds:.2f} 秒</div>')
         rows = []
         for r in self.results:
             mark, label, c = STATUS_LABELS[r.status]
-            rows.append(f'<tr><td style="text-align:left;vertical-align:top;padding:3px 8px;color:{c};white-space:nowrap;">{mark} {label}</td>'
-                        f'<td style="text-align:left;vertical-align:top;padding:3px 8px;">{html.escape(r.name)}</td>'
-                        f'<td style="text-align:left;vertical-align:top;padding:3px 8px;color:#57606a;font-size:12px;">{html.escape(r.inputs)}</td>'
-                        f'<td style="text-align:left;vertical-align:top;padding:3px 8px;">{_safe(r.message)}</td></tr>')
-        table = ('<table style="border-collapse:collapse;width:100%;">'
-                 '<thead><tr style="background:#f6f8fa;text-align:left;"><th style="text-align:left;vertical-align:top;padding:3px 8px;">结果</th>'
-                 '<th style="text-align:left;vertical-align:top;padding:3px 8px;">用例</th><th style="text-align:left;vertical-align:top;padding:3px 8px;">输入</th>'
-                 '<th style="text-align:left;vertical-align:top;padding:3px 8px;">说明</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>")
+            rows.append(f'<tr style="{_ROW}"><td style="{_CELL}color:{c};white-space:nowrap;">{mark} {label}</td>'
+                        f'<td style="{_CELL}">{html.escape(r.name)}</td>'
+                        f'<td style="{_CELL}color:{_MUTED};font-size:12px;">{html.escape(r.inputs)}</td>'
+                        f'<td style="{_CELL}">{_safe(r.message)}</td></tr>')
+        header = "".join(f'<th style="{_HEAD}">{name}</th>' for name in ("结果", "用例", "输入", "说明"))
+        table = (f'<table style="border-collapse:collapse;width:100%;color:{_TEXT};background-color:{_BG};">'
+                 f'<thead><tr style="{_ROW}">{header}</tr></thead><tbody>' + "".join(rows) + "</tbody></table>")
         parts = [head, meta, table]
         if self.hints:
-            items = "".join(f"<li>{_safe(h)}</li>" for h in self.hints)
-            parts.append(f'<div style="margin-top:8px;background:#fff8c5;padding:6px 10px;border-radius:4px;">'
+            items = "".join(f'<li style="color:{_TEXT};">{_safe(h)}</li>' for h in self.hints)
+            parts.append(f'<div style="margin-top:8px;background-color:#fff8c5;color:{_TEXT};'
+                         f'border:1px solid #d4a72c;padding:6px 10px;border-radius:4px;">'
                          f'<b>提示</b><ul style="margin:4px 0;">{items}</ul></div>')
         png = self.plot_png
         if png:
-            parts.append('<div style="margin-top:8px;"><b>你的实现与参考实现的对比</b><br>'
+            parts.append(f'<div style="margin-top:8px;color:{_TEXT};"><b>你的实现与参考实现的对比</b><br>'
                          f'<img alt="你的实现与参考实现的曲线对比" src="data:image/png;base64,{png}"></div>')
         out = self.captured.text() if self.captured else ""
         if out:
             if len(out) > 4000:
                 out = out[:4000] + "\n…（输出过长，已截断）"
-            parts.append('<details style="margin-top:8px;"><summary>你的代码在检查期间的输出（print / 警告）</summary>'
-                         f'<pre style="background:#f6f8fa;padding:6px;">{html.escape(out)}</pre></details>')
+            parts.append(f'<details style="margin-top:8px;color:{_TEXT};"><summary>你的代码在检查期间的输出（print / 警告）</summary>'
+                         f'<pre style="background-color:{_SUBTLE};color:{_TEXT};padding:6px;margin:4px 0;'
+                         f'white-space:pre-wrap;">{html.escape(out)}</pre></details>')
         parts.append("</div>")
         return "".join(parts)
+
+
+# Colours of the HTML report (GitHub's light palette; every status colour reaches WCAG AA,
+# 4.5:1, on the white card). Each box sets background and text colour together.
+_TEXT = "#1f2328"
+_BG = "#ffffff"
+_MUTED = "#57606a"
+_SUBTLE = "#f6f8fa"
+_CARD = f"background-color:{_BG};color:{_TEXT};border:1px solid #d0d7de;"
+_ROW = f"background-color:{_BG};"
+_BOX = f"text-align:left;vertical-align:top;padding:3px 8px;color:{_TEXT};border:none;border-bottom:1px solid #eaeef2;"
+_CELL = f"{_BOX}background-color:{_BG};"
+_HEAD = f"{_BOX}background-color:{_SUBTLE};font-weight:bold;"
+_CODE = f"background-color:#eff1f3;color:{_TEXT};padding:0 3px;border-radius:3px;"
 
 
 def _strip_tags(text: str) -> str:
@@ -136,5 +155,14 @@ def _strip_tags(text: str) -> str:
 
 
 def _safe(text: str) -> str:
-    """Escape everything but the <code> tags our own messages use."""
-    return html.escape(text or "").replace("&lt;code&gt;", "<code>").replace("&lt;/code&gt;", "</code>")
+    """Escape a message for HTML, keeping the <code> tags our own messages use.
+
+    Every < and > is escaped, so no tag but <code> can come out of it. Entities that are
+    already there stay as they are: the judge escapes what it quotes from student code,
+    and escaping that again would show "&lt;" to the student."""
+    text = _BARE_AMPERSAND.sub("&amp;", text or "")
+    text = text.replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    return text.replace("&lt;code&gt;", f'<code style="{_CODE}">').replace("&lt;/code&gt;", "</code>")
+
+
+_BARE_AMPERSAND = re.compile(r"&(?!(?:[A-Za-z][A-Za-z0-9]*|#[0-9]+|#[xX][0-9A-Fa-f]+);)")

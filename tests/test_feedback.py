@@ -81,3 +81,38 @@ def test_check_restores_the_thread_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("hidden", [False, True], ids=["visible", "hidden"])
+def test_a_print_in_the_student_function_shows_once_per_case(hidden):
+    # a failing function: the typical-mistake diagnosis must not run the student's code again
+    def mae_computing_mse(pred, target):
+        print("来自学生函数的输出")
+        return ((pred - target) ** 2).mean()
+
+    report = check("mae", mae_computing_mse, device="cpu", hidden=hidden)
+    assert not report.passed
+    assert report.captured.text().count("来自学生函数的输出") == len(report.results)
+    assert report._repr_html_().count("来自学生函数的输出") == len(report.results)
+
+
+def test_report_html_escapes_what_the_student_code_printed_or_raised():
+    def hostile(pred, target):
+        print("<script>alert(1)</script>")
+        raise ValueError("<img src=x onerror=alert(2)>")
+
+    html = check("mae", hostile, device="cpu")._repr_html_()
+    assert "<script>" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;img src=x onerror=alert(2)&gt;" in html
+
+
+def test_every_box_of_the_report_sets_its_own_text_colour():
+    """A fixed light background with the theme's (light, in dark mode) text is unreadable:
+    whatever paints a background-color also sets color (see test_feedback_page for the
+    rendering on JupyterLab's and a Colab-like dark theme)."""
+    import re
+
+    report = check("mae", mae_computing_mse, device="cpu")
+    html = report._repr_html_()
+    styles = re.findall(r'style="([^"]*)"', html)
+    assert styles and all("color:" in s for s in styles if "background" in s)

@@ -1,0 +1,493 @@
+"""The feedback page a student gets back, opened in headless Chromium with only localhost
+reachable: Chinese frame, formulas typeset by the shared local MathJax, no console error,
+no request to another host; and a hostile hand-in's page runs none of its script and stays
+under the size cap. Also: the in-notebook report reads well on dark themes.
+
+The course is a temporary copy holding 02_regression, the three sample students and one
+attacker, graded by plain nbgrader (the grading pipeline is tested elsewhere; feedback only
+needs the gradebook rows and autograded/<student>/<id>/<id>.ipynb). Each defence is tested
+with the attack it stops; removing it makes its test fail (checked by hand once: identity
+clean_html, no CSP meta, no LimitPageSize).
+"""
+from __future__ import annotations
+
+import os
+import re
+from html.parser import HTMLParser
+import shutil
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+pytest.importorskip("nbgrader")
+pytest.importorskip("nh3")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "book" / "_ext"))
+import headless  # noqa: E402
+from headless import Browser, StaticServer, find_chromium  # noqa: E402
+
+from lossgrader import feedback as fb  # noqa: E402
+
+if not find_chromium():
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("Chromium is required in CI: apt-get install chromium fonts-noto-cjk")
+    pytest.skip("Chromium is not installed", allow_module_level=True)
+
+A = "02_regression"
+SAMPLES = ("demo_full", "demo_bugs", "demo_unfinished")
+ATTACKER = "x_attack"
+HUGE = 20_000_000
+#: where the screenshots go (a temporary folder unless LOSSGRADER_SCREENSHOTS names one)
+SHOTS = os.environ.get("LOSSGRADER_SCREENSHOTS")
+
+#: Every way the attacker tries to run script sets window.__pwned to a different number.
+ATTACK_DISPLAYS = r'''
+from IPython.display import display, HTML, Javascript, SVG, Markdown, Latex
+display(HTML("<script>window.__pwned = 1; document.title = 'PWNED'</script>"
+             "<img src=x onerror=\"window.__pwned = 2\">"
+             "<a href=\"javascript:window.__pwned = 3\" id=\"MathJax\">link</a>"
+             "<iframe src=\"data:text/html,<script>parent.__pwned = 4</script>\"></iframe>"
+             "<div style=\"position:fixed;top:0;left:0\">得分 100 / 6</div>"))
+display(Javascript("window.__pwned = 5"))
+display(SVG('<svg xmlns="http://www.w3.org/2000/svg" width="20" height="20" onload="window.__pwned = 6">'
+            '<script>window.__pwned = 7</script><circle cx="10" cy="10" r="8"/></svg>'))
+display(Markdown("<img src=x onerror='window.__pwned = 8'> **粗体**"))
+display(Latex("$x</div><script>window.__pwned = 9</script>$"))
+display({"image/png": 'x" onerror="window.__pwned = 10'}, raw=True)
+display({"application/vnd.jupyter.widget-view+json": {"model_id": "x"}, "text/plain": "widget"}, raw=True)
+print("<script>window.__pwned = 11</script>")
+display(HTML("<div>" + "A" * %d + "</div>"))
+''' % HUGE
+
+#: In the student's function: shows up in the test cell's output (the grader's cell).
+ATTACK_IN_FUNCTION = '''
+_shown = []
+def mse_loss(pred, target):
+    if not _shown:
+        _shown.append(1)
+        from IPython.display import display, HTML
+        display(HTML("<script>window.__pwned = 12</script><img src=x onerror='window.__pwned = 13'>"))
+    return ((pred - target) ** 2).mean()
+'''
+
+ATTACK_MARKDOWN = ('\n\n<script>window.__pwned = 14</script><img src="x" onerror="window.__pwned = 15">'
+                   '<img src="http://tracker.example/pixel.png" alt="跟踪像素">'
+                   '<iframe src="javascript:parent.__pwned = 16"></iframe>'
+                   '<style>body { display: none }</style>')
+
+PWNED_JS = "[window.__pwned === undefined ? null : window.__pwned, document.title]"
+
+#: visible text of the markdown cells with math output, code and scripts removed
+MARKDOWN_TEXT_JS = r"""
+(() => Array.from(document.querySelectorAll(".text_cell")).map((cell) => {
+  const clone = cell.cloneNode(true);
+  clone.querySelectorAll("pre, code, script, style, mjx-container").forEach((e) => e.remove());
+  return clone.textContent;
+}).join("\n"))()
+"""
+FRAME_TEXT_JS = r"""
+Array.from(document.querySelectorAll(".lg-header, .lg-panel-head, .lg-footer, .lg-cut-note"))
+  .map((e) => e.innerText).join("\n")
+"""
+BROKEN_IMAGES_JS = r"""
+Array.from(document.images).filter((img) => !(img.complete && img.naturalWidth > 0)).map((img) => img.src)
+"""
+NBGRADER_ENGLISH = ("Student's answer", "Grade cell", "Score:", "(Top)", "Test cell", "Comments:",
+                    "Late submission", "Written response", "In [", "Out[")
+
+
+class OfflineBrowser(Browser):
+    """Chromium that cannot resolve any host but 127.0.0.1: a CDN reference fails loudly."""
+
+    def start(self) -> None:
+        saved = headless.CHROMIUM_FLAGS
+        headless.CHROMIUM_FLAGS = saved + ("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",)
+        try:
+            super().start()
+        finally:
+            headless.CHROMIUM_FLAGS = saved
+
+
+def _copy_course(dest: Path):
+    for name in ("nbgrader_config.py", "_config.yml"):
+        shutil.copy2(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "tools", dest / "tools", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "solutions" / A, dest / "solutions" / A)
+
+
+def _attack_notebook() -> str:
+    nb = nbformat.read(ROOT / "samples" / "submitted" / "demo_full" / A / f"{A}.ipynb", as_version=4)
+    for cell in nb.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id == "answer_mse":
+            cell.source = ATTACK_DISPLAYS + ATTACK_IN_FUNCTION
+    nb.cells[0].source += ATTACK_MARKDOWN          # the instructions' first cell (not locked)
+    return nbformat.writes(nb)
+
+
+def _nbgrader_autograde(root: Path, students):
+    """Register the assignment and autograde with plain nbgrader (no lossgrader pipeline)."""
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+    from traitlets.config.loader import PyFileConfigLoader
+
+    cfg = PyFileConfigLoader("nbgrader_config.py", path=str(root)).load_config()
+    cfg.CourseDirectory.root = str(root)
+    cfg.Execute.timeout = 120
+    gen = cfg.copy()
+    gen.CourseDirectory.release_directory = ".release"      # exercises/ stays as it is
+    gen.StampRepository.release_directory = ".release"
+    api = NbGraderAPI(CourseDirectory(config=gen), config=gen)
+    result = api.generate_assignment(A, force=True)
+    assert result["success"], result.get("log")
+    api = NbGraderAPI(CourseDirectory(config=cfg), config=cfg)
+    for student in students:
+        result = api.autograde(A, student, force=True)
+        assert result["success"], result.get("log")
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    root = tmp_path_factory.mktemp("feedback_course")
+    _copy_course(root)
+    for student in SAMPLES:
+        shutil.copytree(ROOT / "samples" / "submitted" / student / A, root / "submitted" / student / A)
+    (root / "submitted" / ATTACKER / A).mkdir(parents=True)
+    (root / "submitted" / ATTACKER / A / f"{A}.ipynb").write_text(_attack_notebook(), encoding="utf-8")
+    _nbgrader_autograde(root, SAMPLES + (ATTACKER,))
+    written = fb.feedback(str(root), progress=False)
+    assert len(written) == len(SAMPLES) + 1
+    return root
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with OfflineBrowser() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    path = Path(SHOTS) if SHOTS else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _page(course, student):
+    return course / "feedback" / student / A / f"{A}.html"
+
+
+def _total(course, student):
+    from nbgrader.api import Gradebook
+
+    with Gradebook("sqlite:///" + str(course / "gradebook.db")) as gb:
+        sub = gb.find_submission(A, student)
+        return sub.score, sub.max_score
+
+
+def _titles():
+    from lossgrader.exercises import EXERCISES
+
+    return sorted((ex.title for ex in EXERCISES.values()), key=len, reverse=True)
+
+
+# ------------------------------------------------------------------------ the sample class
+
+def test_one_mathjax_copy_for_all_pages(course):
+    static = course / "feedback" / "_static"
+    assert (static / "mathjax" / "tex-svg-full.js").stat().st_size > 1_000_000
+    assert (static / "mathjax" / "LICENSE").is_file()
+    copies = list((course / "feedback").rglob("tex-svg-full.js"))
+    assert copies == [static / "mathjax" / "tex-svg-full.js"]
+    for student in SAMPLES:
+        page = _page(course, student).read_text(encoding="utf-8")
+        assert 'src="../../_static/mathjax/tex-svg-full.js"' in page
+        assert 'src="../../_static/lossgrader-mathjax-config.js"' in page
+
+
+@pytest.mark.parametrize("student", SAMPLES)
+def test_page_loads_nothing_from_the_network(course, student):
+    page = _page(course, student).read_text(encoding="utf-8")
+    assert page.lstrip().startswith("<!DOCTYPE html>") and '<html lang="zh-CN">' in page
+    # no resource from another host: src/href of loaded things, CSS url() and @import
+    loads = re.findall(r"""<(?:script|img|link|iframe|source|video|audio|embed|object)\b[^>]*?"""
+                       r"""(?:src|href|data)\s*=\s*["']?([^"'\s>]+)""", page, re.IGNORECASE)
+    loads += re.findall(r"""url\(\s*["']?([^"')]+)""", page) + re.findall(r"@import\s+[\"']([^\"']+)", page)
+    remote = [u for u in loads if re.match(r"(?i)(https?:)?//", u)]
+    assert not remote, remote
+    assert "cdnjs" not in page and "cdn.jsdelivr" not in page and "require.js" not in page
+
+
+@pytest.mark.parametrize("student", SAMPLES)
+def test_sample_page_in_an_offline_browser(course, browser, shots, student):
+    with StaticServer(course / "feedback") as server:
+        browser.clear_events()
+        browser.open(server.base_url + f"{student}/{A}/{A}.html")
+        problems = browser.problems()
+        math = browser.evaluate("document.querySelectorAll('.text_cell mjx-container svg').length")
+        text = browser.evaluate(MARKDOWN_TEXT_JS)
+        frame = browser.evaluate(FRAME_TEXT_JS)
+        body = browser.evaluate("document.body.innerText")
+        total = browser.evaluate("document.querySelector('.lg-total').innerText")
+        broken = browser.evaluate(BROKEN_IMAGES_JS)
+        browser.screenshot(shots / f"feedback_{student}.png")
+    assert not problems, problems
+    assert math >= 15, f"only {math} formulas typeset"
+    for raw in ("$$", "\\frac", "\\(", "\\[", "\\begin{"):
+        assert raw not in text, f"raw TeX {raw!r} left in the text"
+    assert not re.search(r"\\[A-Za-z]+", text), re.search(r"\\[A-Za-z]+", text)
+    for english in NBGRADER_ENGLISH:
+        assert english not in body, f"nbgrader's English frame text {english!r} on the page"
+    # the frame is Chinese: once names of the student, assignment and exercises are taken
+    # out, not one Latin word is left
+    for name in [f"{A}.ipynb", A, student] + _titles():
+        frame = frame.replace(name, "")
+    assert not re.findall(r"[A-Za-z]{2,}", frame), re.findall(r"[A-Za-z]{2,}", frame)
+    score, max_score = _total(course, student)
+    assert total == f"得分 {round(score, 2):g} / {round(max_score, 2):g}"
+    assert "在 Colab 中打开" in body                     # the badge as text
+    assert not broken, broken
+    assert (shots / f"feedback_{student}.png").stat().st_size > 50_000
+
+
+def test_every_test_cell_is_listed_with_its_score(course):
+    from nbgrader.api import Gradebook
+
+    page = _page(course, "demo_bugs").read_text(encoding="utf-8")
+    toc = re.findall(r'<li><a href="#(lg-test_\w+)">测试：([^<]+)</a>\s*<span class="lg-score (\w+)">([^<]+)</span>', page)
+    with Gradebook("sqlite:///" + str(course / "gradebook.db")) as gb:
+        notebook = gb.find_submission_notebook(A, A, "demo_bugs")
+        grades = {g.name: (g.score, g.max_score) for g in notebook.grades}
+    order = [name for name in re.findall(r'"grade_id": "(test_\w+)"', (ROOT / "solutions" / A / f"{A}.ipynb").read_text())]
+    assert [anchor for anchor, *_ in toc] == ["lg-" + name for name in order]
+    for anchor, title, state, text in toc:
+        score, max_score = grades[anchor[3:]]
+        assert text == f"{round(score, 2):g} / {round(max_score, 2):g}"
+        assert f'id="{anchor}"' in page
+        assert state == ("full" if score == max_score else "partial" if score else "zero")
+
+
+# ------------------------------------------------------------------------ the attacker
+
+def test_attack_page_is_under_the_cap_and_says_what_was_cut(course):
+    page = _page(course, ATTACKER).read_text(encoding="utf-8")
+    assert len(page.encode()) <= fb.DEFAULT_MAX_PAGE_BYTES
+    assert "本页内容有删减" in page and "已删去" in page and "20.0 MB" in page
+    assert "测试：均方误差 MSE" in page                   # the rest of the page is still there
+
+
+class _Markup(HTMLParser):
+    """The elements and attributes of a page (the text, where the hand-in's code is shown
+    escaped, is not markup)."""
+
+    def __init__(self, page):
+        super().__init__(convert_charrefs=True)
+        self.tags = []
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def test_attack_page_carries_no_markup_of_the_hand_in(course):
+    tags = _Markup(_page(course, ATTACKER).read_text(encoding="utf-8")).tags
+    scripts = [a.get("src") for t, a in tags if t == "script"]
+    # MathJax's configuration and MathJax, from feedback/_static/: nothing else
+    assert scripts == ["../../_static/lossgrader-mathjax-config.js", "../../_static/mathjax/tex-svg-full.js"]
+    handlers = [(t, k) for t, a in tags for k in a if k.lower().startswith("on")]
+    assert not handlers, handlers
+    urls = [v for t, a in tags for k, v in a.items() if k in ("href", "src") and v]
+    assert not [u for u in urls if u.strip().lower().startswith(("javascript:", "data:text"))], urls
+    assert not [t for t, a in tags if t in ("iframe", "object", "embed", "form", "base", "meta") and
+                a.get("http-equiv") != "Content-Security-Policy" and "charset" not in a
+                and a.get("name") not in ("viewport", "referrer")]
+    images = [a.get("src", "") for t, a in tags if t == "img"]
+    assert all(src.startswith("data:image/") for src in images), images   # nothing loads from elsewhere
+    assert not [a for t, a in tags if a.get("id") == "MathJax"]           # no clobbering of our globals
+    assert not [a["style"] for t, a in tags if "position" in a.get("style", "")]  # no overlay on the score
+    styles = [t for t, a in tags if t == "style"]
+    assert len(styles) == 2                                               # ours: the page's CSS, pygments'
+
+
+def test_attack_page_runs_nothing_in_the_browser(course, browser, shots):
+    with StaticServer(course / "feedback") as server:
+        browser.clear_events()
+        browser.open(server.base_url + f"{ATTACKER}/{A}/{A}.html")
+        browser.evaluate("new Promise((r) => setTimeout(r, 500))")
+        pwned, title = browser.evaluate(PWNED_JS)
+        problems = browser.problems()
+        visible = browser.evaluate("getComputedStyle(document.body).display")
+        browser.screenshot(shots / "feedback_attack.png")
+    assert pwned is None and title == f"{A} 作业反馈"
+    assert visible != "none"                                   # the hand-in's <style> is gone too
+    # the sanitiser removed everything, so the CSP had nothing to refuse, and no request left localhost
+    assert not problems, problems
+
+
+def test_csp_stops_a_script_the_sanitiser_would_miss(course, browser, monkeypatch, tmp_path):
+    """Defence in depth: with the sanitiser switched off, the page's Content-Security-Policy
+    still refuses every inline script and handler of the hand-in."""
+    monkeypatch.setattr(fb, "clean_html", lambda fragment: str(fragment))
+    cfg = fb.course_config(str(course))
+    renderer = fb.PageRenderer(cfg, "sqlite:///" + str(course / "gradebook.db"))
+    page = renderer.render(str(course / "autograded" / ATTACKER / A / f"{A}.ipynb"), ATTACKER, A)
+    assert "<script>window.__pwned = 1" in page                    # the attack reached the page
+    out = course / "feedback" / "unsanitised" / A
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{A}.html").write_text(page, encoding="utf-8")
+    with StaticServer(course / "feedback") as server:
+        browser.clear_events()
+        browser.open(server.base_url + f"unsanitised/{A}/{A}.html")
+        browser.evaluate("new Promise((r) => setTimeout(r, 500))")
+        pwned, _ = browser.evaluate(PWNED_JS)
+        problems = browser.problems()
+        typeset = browser.evaluate("document.querySelectorAll('mjx-container').length")
+    shutil.rmtree(course / "feedback" / "unsanitised")
+    assert pwned is None
+    assert any("Content Security Policy" in p for p in problems), problems
+    assert typeset > 0                                              # our own scripts still ran
+
+
+def test_size_cap_is_configurable(course):
+    cfg = fb.course_config(str(course))
+    renderer = fb.PageRenderer(cfg, "sqlite:///" + str(course / "gradebook.db"))
+    nb = str(course / "autograded" / "demo_bugs" / A / f"{A}.ipynb")
+    page = renderer.render(nb, "demo_bugs", A, max_page_bytes=150_000)
+    assert len(page.encode()) <= 150_000
+    assert "本页内容有删减" in page and "得分" in page
+
+
+# ------------------------------------------------------------------------ unit level
+
+def test_clean_html_keeps_the_grader_report():
+    import torch  # noqa: F401
+    from lossgrader import check
+
+    def mae_computing_mse(pred, target):
+        print("调试输出")
+        return ((pred - target) ** 2).mean()
+
+    html = check("mae", mae_computing_mse, device="cpu")._repr_html_()
+    cleaned = fb.clean_html(html)
+    for kept in ("<table", "<details", "<summary", "data:image/png;base64,", "得分", "提示"):
+        assert kept in cleaned
+    # every inline style of the report survives the style allowlist
+    def styles(text):
+        return [style.rstrip(";") for style in re.findall(r'style="([^"]*)"', text)]
+    assert styles(cleaned) == styles(html)
+
+
+def test_render_failed_escapes_everything():
+    page = fb.render_failed("02_regression", "<img src=x onerror=alert(1)>", 6, "原因 <script>alert(1)</script>")
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert '<html lang="zh-CN">' in page and "得分：<b>0 / 6</b>" in page and "Content-Security-Policy" in page
+
+
+def test_remote_images_become_text():
+    cleaned = fb.clean_html('<a href="https://colab.research.google.com/x"><img alt="Open In Colab" '
+                            'src="https://colab.research.google.com/assets/colab-badge.svg"></a>'
+                            '<img src="//example.com/a.png" alt="<b>x</b>"><img src="data:image/png;base64,iVBORw0KGgo=">')
+    assert "colab-badge.svg" not in cleaned and "在 Colab 中打开" in cleaned
+    assert 'href="https://colab.research.google.com/x"' in cleaned
+    assert "<b>x</b>" not in cleaned and "&lt;b&gt;x&lt;/b&gt;" in cleaned
+    assert '<img src="data:image/png;base64,iVBORw0KGgo=">' in cleaned
+
+
+# ------------------------------------------------------------------------ the in-notebook report, dark themes
+
+#: WCAG contrast of every piece of text in the reports against what is painted behind it
+#: (backgrounds composited up the tree; an element's colour may be translucent as well).
+CONTRAST_JS = r"""
+(() => {
+  const parse = (c) => {
+    const m = c.match(/rgba?\(([^)]+)\)/);
+    if (!m) return [0, 0, 0, 0];
+    const p = m[1].split(/[ ,\/]+/).filter((x) => x).map(Number);
+    return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
+  };
+  const over = (top, bottom) => [0, 1, 2].map((i) => top[i] * top[3] + bottom[i] * (1 - top[3])).concat([1]);
+  const lum = (c) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]);
+  };
+  const behind = (el) => {
+    const layers = [];
+    for (let e = el; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c[3] > 0) layers.push(c);
+      if (c[3] >= 1) break;
+    }
+    let bg = [255, 255, 255, 1];
+    for (let i = layers.length - 1; i >= 0; i--) bg = over(layers[i], bg);
+    return bg;
+  };
+  document.querySelectorAll(".lossgrader-report details").forEach((d) => { d.open = true; });
+  const bad = [];
+  let checked = 0;
+  document.querySelectorAll(".lossgrader-report, .lossgrader-report *").forEach((el) => {
+    const own = Array.from(el.childNodes).filter((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own.length) return;
+    const bg = behind(el);
+    const fg = over(parse(getComputedStyle(el).color), bg);
+    const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+    const ratio = (a + 0.05) / (b + 0.05);
+    checked += 1;
+    if (ratio < 4.5) bad.push(`${ratio.toFixed(2)} ${el.tagName} "${own[0].textContent.trim().slice(0, 30)}" ` +
+                             `color ${getComputedStyle(el).color} on ${bg.slice(0, 3).map(Math.round)}`);
+  });
+  return {checked, bad};
+})()
+"""
+
+
+def _reports_html():
+    from lossgrader import check
+
+    def mae_computing_mse(pred, target):
+        print("调试输出：pred 的形状", tuple(pred.shape))
+        return ((pred - target) ** 2).mean()
+
+    def unfinished(pred, target):
+        raise NotImplementedError()
+
+    reports = [check("mse", lambda p, t: ((p - t) ** 2).mean(), device="cpu"),
+               check("mae", mae_computing_mse, device="cpu"),
+               check("huber", unfinished, device="cpu")]
+    return [r._repr_html_() for r in reports]
+
+
+def _jupyterlab_dark_page(fragments):
+    """The reports as JupyterLab shows them in its dark theme (nbconvert's lab template
+    carries JupyterLab's own stylesheets and theme variables)."""
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("check(...)", outputs=[nbformat.v4.new_output(
+        "execute_result", data={"text/html": h, "text/plain": "1.0"}, execution_count=1)]) for h in fragments]
+    body, _ = HTMLExporter(template_name="lab", theme="dark").from_notebook_node(nb)
+    # the lab template also links require.js and MathJax from a CDN: not needed to show HTML
+    return re.sub(r"<script[^>]*src=\"https?://[^\"]*\"[^>]*>\s*</script>", "", body)
+
+
+def _colab_dark_page(fragments):
+    """Colab's dark theme as an output frame sees it: light text on a dark grey page."""
+    return ('<!DOCTYPE html><html><head><meta charset="utf-8"><style>'
+            'body{background:#383838;color:#e3e3e3;font-family:Roboto,"Noto Sans CJK SC",sans-serif;font-size:14px}'
+            'a{color:#8ab4f8}</style></head><body>' + "".join(fragments) + "</body></html>")
+
+
+@pytest.mark.parametrize("theme", ["jupyterlab", "colab"])
+def test_report_reads_well_on_a_dark_theme(browser, shots, tmp_path, theme):
+    page = (_jupyterlab_dark_page if theme == "jupyterlab" else _colab_dark_page)(_reports_html())
+    (tmp_path / "dark.html").write_text(page, encoding="utf-8")
+    with StaticServer(tmp_path) as server:
+        browser.open(server.base_url + "dark.html")
+        if theme == "jupyterlab":
+            assert browser.evaluate("getComputedStyle(document.body).backgroundColor") != "rgb(255, 255, 255)"
+        result = browser.evaluate(CONTRAST_JS)
+        browser.screenshot(shots / f"report_dark_{theme}.png")
+    assert result["checked"] > 40
+    assert not result["bad"], "text without enough contrast:\n" + "\n".join(result["bad"])
