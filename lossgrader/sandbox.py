@@ -57,8 +57,9 @@ self-contained command line (what a kernel manager needs).
 ``enabled=False`` (``--no-sandbox``) runs the command unconfined, with the same wrapper and
 limits: unsafe for untrusted code, kept for machines without bwrap.
 
-Caveat for callers: ``--die-with-parent`` follows the *thread* that started bwrap
-(``PR_SET_PDEATHSIG``). Start sandboxes from a thread that lives as long as they do.
+``--die-with-parent`` is bound to the process that started bwrap: its death (even by
+SIGKILL) ends the sandbox; the end of the thread that started it does not (checked on
+Linux 6.18). The scratch folder is left to the caller, who created it.
 """
 
 from __future__ import annotations
@@ -224,12 +225,13 @@ _etc_dir: str | None = None
 
 
 def _synthetic_etc_dir() -> str:
-    """A private folder (one per process) holding the synthetic passwd, group and hosts."""
+    """A private folder (one per process) holding the synthetic passwd, group and hosts,
+    and the empty file that masks a hidden file."""
     global _etc_dir
     with _etc_lock:
         if _etc_dir is None or not os.path.isdir(_etc_dir):
             path = tempfile.mkdtemp(prefix="lossgrader-sandbox-etc-")
-            for name, text in _SYNTHETIC_ETC.items():
+            for name, text in {**_SYNTHETIC_ETC, "empty": ""}.items():
                 with open(os.path.join(path, name), "w", encoding="ascii") as f:
                     f.write(text)
                 os.chmod(os.path.join(path, name), 0o644)
@@ -621,6 +623,9 @@ class Sandbox:
             raise FileNotFoundError(f"sandbox scratch folder does not exist: {self.scratch}")
         self.limits = limits
         self.extra_ro = tuple(os.path.abspath(os.fspath(p)) for p in extra_ro)
+        for path in self.extra_ro:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"extra read-only path does not exist: {path}")
         self.hide = tuple(os.path.abspath(os.fspath(p)) for p in hide)
         for h in self.hide:
             if h == self.scratch or h == os.path.realpath(self.scratch):
@@ -766,7 +771,8 @@ class Sandbox:
                     mounts.append((_depth(path), 2, path, [*tiny, "--tmpfs", path]))
                     remount.append(path)
                 elif os.path.exists(path):
-                    mounts.append((_depth(path), 2, path, ["--ro-bind", "/dev/null", path]))
+                    mounts.append((_depth(path), 2, path,
+                                   ["--ro-bind", os.path.join(etc, "empty"), path]))
         for _, _, _, args in sorted(mounts, key=lambda m: (m[0], m[1])):
             a += args
         for path in remount:

@@ -55,6 +55,7 @@ def course(tmp_path: Path) -> dict:
     root = tmp_path / "course"
     (root / "grader" / "runtime").mkdir(parents=True)
     (root / "gradebook.db").write_text("grades")
+    (root / "nbgrader_config.py").write_text("c = get_config()\n")
     (root / "grader" / "references.py").write_text("EXPECTED = 42\n")
     (root / "grader" / "runtime" / "__init__.py").write_text("RUNTIME = 1\n")
     work = tmp_path / "work"
@@ -117,7 +118,7 @@ def test_hidden_home_classmates_and_course_files_are_unreadable(course):
         str(course["scratch"]),
         # the course is visible read-only, the grader inside it hidden, its runtime shown
         extra_ro=(str(root), str(runtime)),
-        hide=(str(root / "grader"), str(REPO), str(PACKAGE)),
+        hide=(str(root / "grader"), str(root / "nbgrader_config.py"), str(REPO), str(PACKAGE)),
     )
     home = Path.home()
     secrets = [
@@ -130,6 +131,7 @@ def test_hidden_home_classmates_and_course_files_are_unreadable(course):
         Path("/etc/hostname"),
     ]
     readable = [root / "gradebook.db", runtime / "__init__.py"]
+    empty = root / "nbgrader_config.py"  # a hidden file reads as empty
     r = py(sb, f"""
         import os
         for path in {[str(p) for p in secrets + readable]!r}:
@@ -138,6 +140,7 @@ def test_hidden_home_classmates_and_course_files_are_unreadable(course):
                 print("READ", path)
             except OSError as exc:
                 print("denied", path, type(exc).__name__)
+        print("EMPTY", repr(open({str(empty)!r}).read()))
         print("HOME", sorted(os.listdir({str(home)!r})))
         try:
             import lossgrader.references
@@ -153,6 +156,7 @@ def test_hidden_home_classmates_and_course_files_are_unreadable(course):
     for path in readable:
         assert f"READ {path}" in out, out
     assert "no lossgrader" in out
+    assert "EMPTY ''" in out
     # only the way down to the Python installation is visible in the home folder
     visible = eval(out.split("HOME ", 1)[1].splitlines()[0])
     needed = {Path(p).relative_to(home).parts[0] for p in sbx.python_paths()
@@ -460,6 +464,8 @@ def test_cgroup_discovery_reads_mountinfo(tmp_path):
     assert v1 == {"memory": "/sys/fs/cgroup/memory/jobs/me", "pids": "/sys/fs/cgroup/pids",
                   "cpuacct": "/sys/fs/cgroup/cpu,cpuacct"}
     assert v2 == "/sys/fs/cgroup/unified/session-1.scope"
+    # the fallback process limit for a normal user starts from the tasks it already runs
+    assert sbx._count_user_tasks(os.getuid()) >= threading.active_count()
 
 
 # --------------------------------------------------------------------------------------
