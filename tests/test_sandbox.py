@@ -475,7 +475,8 @@ def test_cgroup_discovery_reads_mountinfo(tmp_path):
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
     scratch = tmp_path_factory.mktemp("kernel-scratch")
-    sb = Sandbox(str(scratch), hide=(str(REPO), str(PACKAGE)))
+    # the repository visible read-only, the grader package inside it hidden
+    sb = Sandbox(str(scratch), extra_ro=(str(REPO),), hide=(str(PACKAGE),))
     km = SandboxedKernelManager(sandbox=sb, transport="ipc", ip=str(scratch / "kernel"),
                                 connection_file=str(scratch / "kernel.json"))
     start = time.monotonic()
@@ -513,8 +514,9 @@ def test_kernel_runs_torch_inside_the_sandbox(kernel):
     assert started < 60
     status, text = execute(kc, "import torch, os\nprint(os.getuid())\n1 + 1")
     assert status == "ok" and text.split() == [str(sbx.SANDBOX_UID), "2"], text
-    # the genuine grader (an editable install inside the course repository) is hidden
-    status, text = execute(kc, "import lossgrader")
+    # the genuine grader (an editable install inside the repository) is hidden
+    status, text = execute(kc, "import os, sys\nsys.path.insert(0, %r)\n"
+                               "import lossgrader.references" % str(REPO))
     assert (status, text) == ("error", "ModuleNotFoundError")
 
 
