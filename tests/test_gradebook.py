@@ -505,3 +505,30 @@ def test_a_writer_killed_mid_write_loses_nothing_committed(course):
     assert G.backup(course) is not None
     with sqlite3.connect(path) as con:
         assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'junk'").fetchone()[0] == 0
+
+
+def test_readers_and_the_writer_run_side_by_side(course):
+    import subprocess
+    import sys
+
+    url = G.db_url(course)
+    G.write_result(url, _graded(course, test=0.0))
+    reader = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from lossgrader import gradebook as G\n"
+         "root = sys.argv[1]; G.grade_rows(root); print('ready', flush=True)\n"
+         "n, t = 0, time.monotonic()\n"
+         "while time.monotonic() - t < 3:\n"
+         "    G.grade_rows(root); G.submission_scores(G.db_url(root), '01_overview', 'alice'); n += 1\n"
+         "print(n)\n", course],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "ready", reader.communicate()[1][-2000:]
+    written = 0
+    while reader.poll() is None and written < 40:      # writes while the reader reads
+        G.write_result(url, _graded(course, student=f"s{written % 7}", test=(written % 5) * 0.5))
+        written += 1
+    out, err = reader.communicate(timeout=120)
+    assert reader.returncode == 0, err[-2000:]
+    assert int(out) > 0 and written > 5
+    assert sorted(r["student_id"] for r in G.grade_rows(course)) == ["alice"] + [f"s{i}" for i in range(7)]
