@@ -179,7 +179,12 @@ def autograde(root, only_assignments=None, only_students=None, cell_timeout=None
 def record(root, result: HandinResult, status: dict, seconds: float, url=None) -> None:
     """The coordinator's writes for one hand-in: gradebook, autograded/, status file."""
     timestamp = gradebook.submission_timestamp(root, result.student, result.assignment)
-    gradebook.write_result(url or gradebook.db_url(root), result, timestamp=timestamp)
+    try:
+        gradebook.write_result(url or gradebook.db_url(root), result, timestamp=timestamp)
+    except gradebook.InvalidResult as exc:   # scores that do not fit the assignment: 0 with the reason
+        result = HandinResult.failure(result.student, result.assignment, f"invalid grading result: {exc}"[:300],
+                                      result.max_scores, log=result.log)
+        gradebook.write_result(url or gradebook.db_url(root), result, timestamp=timestamp)
     _write_autograded(root, result)
     status[f"{result.student}/{result.assignment}"] = {
         "status": "autograded" if result.status == "graded" else "failed",

@@ -43,11 +43,13 @@ NAMES = {
     "__import__": DYNAMIC, "exec": DYNAMIC, "eval": DYNAMIC, "compile": DYNAMIC,
     "globals": INTROSPECTION, "vars": INTROSPECTION, "locals": INTROSPECTION,
     "__builtins__": INTROSPECTION, "get_ipython": INTROSPECTION,
-    "lossgrader": GRADER,
 }
+# `from lossgrader import check` (as the setup cell does) is fine; anything else of the grader is not
+GRADER_PUBLIC = {"check"}
 MODULES = {
-    "lossgrader": GRADER, "inspect": INTROSPECTION, "ctypes": INTROSPECTION, "importlib": INTROSPECTION,
-    "builtins": INTROSPECTION, "gc": None, "sys": None, "os": None, "IPython": INTROSPECTION,
+    "inspect": INTROSPECTION, "ctypes": INTROSPECTION, "importlib": INTROSPECTION,
+    "builtins": INTROSPECTION, "gc": None, "sys": None, "os": None,
+    "IPython": INTROSPECTION, "IPython.display": None,   # display() is a student's ordinary tool
     "subprocess": SYSTEM, "socket": SYSTEM, "multiprocessing": SYSTEM, "threading": SYSTEM,
     "signal": SYSTEM, "shutil": SYSTEM, "sqlite3": SYSTEM, "pty": SYSTEM, "urllib": SYSTEM, "http": SYSTEM,
     "requests": SYSTEM, "pickle": SYSTEM, "marshal": SYSTEM,
@@ -69,10 +71,14 @@ class Finding:
 
 
 def _module_reason(name: str):
+    if name == "lossgrader.check":
+        return None
+    if name.startswith("lossgrader."):
+        return GRADER
     parts = name.split(".")
     for k in range(len(parts), 0, -1):
         prefix = ".".join(parts[:k])
-        if prefix in MODULES and MODULES[prefix] is not None:
+        if prefix in MODULES:      # the longest listed prefix decides (None: allowed)
             return MODULES[prefix]
     return None
 
@@ -88,6 +94,9 @@ def scan_source(source: str, cell: int) -> list:
         line = getattr(node, "lineno", 0)
         if isinstance(node, ast.Attribute) and node.attr in ATTRIBUTES:
             findings.append(Finding(cell, line, "." + node.attr, ATTRIBUTES[node.attr]))
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.value.id == "lossgrader" and node.attr not in GRADER_PUBLIC:
+            findings.append(Finding(cell, line, f"lossgrader.{node.attr}", GRADER))
         elif isinstance(node, ast.Name) and node.id in NAMES:
             findings.append(Finding(cell, line, node.id, NAMES[node.id]))
         elif isinstance(node, ast.Import):

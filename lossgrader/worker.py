@@ -57,6 +57,10 @@ KERNEL_DIED_MESSAGE = (
 TIMEOUT_MESSAGE = "这个单元的运行时间超过了限制（{seconds:g} 秒），已被中断。"
 
 
+class HandinTimeout(Exception):
+    """The whole hand-in ran past its time limit."""
+
+
 def _error_output(ename: str, evalue: str):
     from nbformat.v4 import new_output
     return new_output("error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
@@ -108,6 +112,7 @@ class _Handin:
         self.task, self.scratch, self.log = task, scratch, log
         self.device = torch.device(task.get("device") or "cpu")
         self.cell_timeout = float(task.get("cell_timeout") or DEFAULT_CELL_TIMEOUT)
+        self.deadline = task["deadline"]
         limits = Limits(**task.get("limits", {}))
         self.output_cap = limits.max_output_bytes
         genuine = os.path.dirname(os.path.abspath(__file__))
@@ -134,13 +139,21 @@ class _Handin:
     def start(self):
         self.timed("kernel start", self.kernel.start)
 
+    def seconds_left(self, wanted: float) -> float:
+        """``wanted`` seconds, or what is left of the hand-in's time (HandinTimeout when none)."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise HandinTimeout()
+        return min(wanted, left)
+
     # ------------------------------------------------------------------ kernel
     def restart(self):
         self.kernel.shutdown()
         self.start()
         for index, source in list(self.done):
-            status, _, _ = self.kernel.execute(source, self.cell_timeout)
+            status, _, _ = self.kernel.execute(source, self.seconds_left(self.cell_timeout))
             if status == "dead":
+                self.seconds_left(0)
                 self.done.remove((index, source))
                 self.log.append(f"cell {index} kills the kernel when replayed: left out")
                 return self.restart()
@@ -148,8 +161,10 @@ class _Handin:
     def run_cell(self, index, cell):
         source = cell.get("source", "")
         source = "".join(source) if isinstance(source, list) else str(source)
-        status, outputs, count = self.kernel.execute(source, self.cell_timeout)
+        status, outputs, count = self.kernel.execute(source, self.seconds_left(self.cell_timeout))
         cell["execution_count"] = count
+        if status in ("dead", "timeout"):
+            self.seconds_left(0)          # the hand-in's own limit ran out: not the cell's fault alone
         if status == "dead":
             outputs.append(_error_output("DeadKernelError", KERNEL_DIED_MESSAGE))
             cell["outputs"] = outputs
@@ -177,8 +192,9 @@ class _Handin:
         torch.save(request, req)
         code = (f"__import__('lossgrader.runtime').runtime.serve({req!r}, {resp!r}, "
                 f"globals().get({func_name!r}), {func_name!r} in globals())")
-        status, _, _ = self.timed("student code in tests", self.kernel.execute, code, seconds, True)
+        status, _, _ = self.timed("student code in tests", self.kernel.execute, code, self.seconds_left(seconds), True)
         if status in ("dead", "timeout"):
+            self.seconds_left(0)
             self.log.append(f"runtime request {self.requests} ({func_name}): kernel {status}")
             if status == "dead" or not self.kernel.alive():
                 self._restart_or_fail()
@@ -315,6 +331,8 @@ def grade_handin(task: dict) -> HandinResult:
     import nbformat
 
     started = time.monotonic()
+    limit = float(task.get("timeout") or DEFAULT_TIMEOUT)
+    task = {**task, "deadline": started + limit}
     student, assignment = task["student"], task["assignment"]
     released = task["released"]
     max_scores = {c["name"]: float(c["points"]) for nb in released.values() for c in nb["cells"]
@@ -336,13 +354,12 @@ def grade_handin(task: dict) -> HandinResult:
             handin = _Handin(task, scratch, runtime_root, log)
             try:
                 grade_notebook(handin, nb, max_scores, result)
+            except HandinTimeout:
+                return HandinResult.failure(student, assignment,
+                                            f"time limit exceeded ({limit:.0f} s for the whole hand-in); "
+                                            "its sandbox and kernel were killed", max_scores, log="\n".join(log))
             finally:
                 handin.kernel.shutdown()
-            elapsed = time.monotonic() - started
-            if elapsed > float(task.get("timeout") or DEFAULT_TIMEOUT):
-                return HandinResult.failure(student, assignment,
-                                            f"time limit exceeded ({elapsed:.0f} s for the whole hand-in)",
-                                            max_scores, log="\n".join(log))
             result.notebooks[name] = nbformat.writes(nb)
         for gid in max_scores:
             if gid not in result.scores and _is_autograded(released, gid):

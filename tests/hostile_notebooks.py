@@ -62,14 +62,19 @@ def exits(full):
     return text(nb), scores(mae=0, mae_grad=0, huber=0, smooth_l1=0)
 
 
+# A loop that swallows the interrupt a cell timeout sends (without the signal module, which
+# the back-door scan would flag on its own).
+UNINTERRUPTIBLE_LOOP = ("while True:\n    try:\n        while True:\n            pass\n"
+                        "    except KeyboardInterrupt:\n        pass\n")
+
+
 def loops(full):
     """A loop forever inside a student function, and one at the top of an answer cell that
     ignores the interrupt nbgrader sends on a cell timeout."""
     nb = copy.deepcopy(full)
     answer(nb, "mae").source = ("# 答案\ndef mae_loss(pred, target):\n    while True:\n        pass\n")
     a = answer(nb, "huber")
-    a.source = ("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-                "while True:\n    pass\n" + a.source)
+    a.source = (UNINTERRUPTIBLE_LOOP + a.source)
     return text(nb), scores(mae=0, huber=0)
 
 
@@ -79,7 +84,7 @@ def import_crash(full):
     a = answer(nb, "mse")
     a.source = "import no_such_module_for_this_course\n" + a.source
     a = answer(nb, "huber")
-    a.source = "import ctypes\nctypes.string_at(0)\n" + a.source
+    a.source = "import faulthandler\nfaulthandler._sigsegv()\n" + a.source
     # mae_loss of the full-marks sample does not call mse_loss, so only mse and huber fail
     return text(nb), scores(mse=0, huber=0)
 
@@ -112,7 +117,9 @@ def noisy(full):
 
 def cheats(full):
     """Wrong answers that try to claim full marks: a redefined check, a patched
-    lossgrader.check / Report, a fake lossgrader in sys.modules and next to the notebook."""
+    lossgrader.check / Report, a fake lossgrader in sys.modules and next to the notebook.
+    Reaching into the grader's modules is a back door (lossgrader/backdoors.py): every test
+    of the notebook fails, the correct answers included."""
     nb = copy.deepcopy(full)
     answer(nb, "mse").source = WRONG_MSE + (
         "\n\ndef check(*args, **kwargs):\n    return 1.0\n")
@@ -128,7 +135,7 @@ def cheats(full):
         "with open('lossgrader.py', 'w') as fh:\n"
         "    fh.write('def check(*a, **k):\\n    return 1.0\\n')\n"
         "sys.path.insert(0, os.getcwd())\n")
-    return text(nb), scores(mse=0, mae=0, huber=0)
+    return text(nb), scores(**{k: 0 for k in ANSWER_OF})
 
 
 WRONG_MAE_GRAD = "# 答案\ndef mae_grad(pred, target):\n    return torch.full_like(pred, 7.0)"
@@ -138,7 +145,8 @@ WRONG_SMOOTH_L1 = "# 答案\ndef smooth_l1_loss(pred, target, beta=1.0):\n    re
 def import_tricks(full):
     """Wrong answers behind subtler tricks: a fake lossgrader package in a directory put first on
     sys.path (not the notebook's), an import hook that serves a fake lossgrader, and a plain-text
-    formatter that prints every Report as full marks."""
+    formatter that prints every Report as full marks. Import hooks and the IPython shell are
+    back doors: every test of the notebook fails."""
     nb = copy.deepcopy(full)
     answer(nb, "mse_grad").source = WRONG_MSE_GRAD + (
         "\n\nimport os\nimport sys\nimport tempfile\n"
@@ -160,20 +168,21 @@ def import_tricks(full):
     answer(nb, "smooth_l1").source = WRONG_SMOOTH_L1 + (
         "\n\nget_ipython().display_formatter.formatters['text/plain'].for_type_by_name(\n"
         "    'lossgrader.report', 'Report', lambda obj, p, cycle: p.text('1.0'))\n")
-    return text(nb), scores(mse_grad=0, mae_grad=0, smooth_l1=0)
+    return text(nb), scores(**{k: 0 for k in ANSWER_OF})
 
 
 def display_tricks(full):
     """Wrong answers that forge the score nbgrader reads: hide the test cell's result
     (nbgrader gives full credit to a test cell without output), and publish a non-numeric
-    result from inside the function (nbgrader gives full credit to a non-numeric result)."""
+    result from inside the function (nbgrader gives full credit to a non-numeric result).
+    The IPython shell is a back door: every test of the notebook fails."""
     nb = copy.deepcopy(full)
     answer(nb, "mse").source = WRONG_MSE + "\n\nget_ipython().ast_node_interactivity = 'none'\n"
     answer(nb, "mae").source = (
         "# 答案\ndef mae_loss(pred, target):\n"
         "    get_ipython().displayhook('full marks please')\n"
         "    return ((pred - target) ** 2).mean() + 7\n")
-    return text(nb), scores(mse=0, mae=0)
+    return text(nb), scores(**{k: 0 for k in ANSWER_OF})
 
 
 def tampered(full):

@@ -16,8 +16,11 @@ import pytest
 
 pytest.importorskip("nbgrader")
 
-from lossgrader import pipeline  # noqa: E402
+from lossgrader import gradebook  # noqa: E402
+from lossgrader.autograde import autograde  # noqa: E402
 from lossgrader.cli import main as cli_main  # noqa: E402
+from lossgrader.export import export  # noqa: E402
+from lossgrader.feedback import feedback  # noqa: E402
 
 import hostile_notebooks as H  # noqa: E402
 
@@ -48,10 +51,7 @@ def _submit(root, student, text):
 
 
 def _cells(root, student):
-    from nbgrader.api import Gradebook
-
-    with Gradebook(pipeline.db_url(root)) as gb:
-        return pipeline.submission_scores(gb, A, student)
+    return gradebook.submission_scores(gradebook.db_url(root), A, student)
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +71,13 @@ def course(tmp_path_factory):
         expected["x_" + name] = cells
     _submit(root, "colab_full", H.as_colab(full))
     _submit(root, "colab_bugs", H.as_colab(bugs))
-    results = pipeline.autograde(root, cell_timeout=CELL_TIMEOUT, progress=False)
+    results = autograde(root, cell_timeout=CELL_TIMEOUT, progress=False, jobs=2)
     return {"root": root, "expected": expected, "results": results}
 
 
 def test_every_submission_has_an_explicit_grade(course):
     root = course["root"]
-    path, rows = pipeline.export(root)
+    path, rows = export(root)
     students = sorted(os.listdir(os.path.join(root, "submitted")))
     assert sorted(r["student_id"] for r in rows) == students
     with open(path, newline="", encoding="utf-8") as fh:
@@ -131,7 +131,7 @@ def test_unreadable_submission_gets_zero_and_a_reason(course, case, words):
     score, max_score, cells = _cells(course["root"], student)
     assert score == 0.0 and max_score == 6.0
     assert all(v == 0.0 for v in cells.values())
-    rows = {r["student_id"]: r for r in pipeline.grade_rows(course["root"])}
+    rows = {r["student_id"]: r for r in gradebook.grade_rows(course["root"])}
     assert rows[student]["status"] == "failed" and words in rows[student]["reason"]
 
 
@@ -143,13 +143,13 @@ def test_colab_notebook_grades_like_jupyter(course):
 
 def test_feedback_shows_hidden_results_not_hidden_code(course):
     root = course["root"]
-    written = pipeline.feedback(root, only_students=["demo_bugs", "x_not_json", "x_exits"], progress=False)
+    written = feedback(root, only_students=["demo_bugs", "x_not_json", "x_exits"], progress=False)
     assert len(written) == 3
     with open(os.path.join(root, "feedback", "demo_bugs", A, A + ".html"), encoding="utf-8") as fh:
         page = fh.read()
     # the hidden test code is shown neither in the cells nor in tracebacks quoting them
     assert "hidden=True" not in page and "BEGIN HIDDEN TESTS" not in page
-    shown = re.search(r"Score: ([0-9.]+) / 6\.0", page)
+    shown = re.search(r"得分 <b>([0-9.]+) / 6</b>", page)
     assert shown and float(shown.group(1)) == pytest.approx(_cells(root, "demo_bugs")[0], abs=0.006)  # 2 decimals
     assert "MAE" in page and "<table" in page            # the Chinese feedback tables of check
     with open(os.path.join(root, "feedback", "x_not_json", A, A + ".html"), encoding="utf-8") as fh:
@@ -161,11 +161,11 @@ def test_feedback_shows_hidden_results_not_hidden_code(course):
 
 def test_autograding_again_changes_nothing(course):
     root = course["root"]
-    before = {r["student_id"]: (r["score"], r["status"]) for r in pipeline.grade_rows(root)}
+    before = {r["student_id"]: (r["score"], r["status"]) for r in gradebook.grade_rows(root)}
     cells_before = {s: _cells(root, s) for s in before}
-    pipeline.autograde(root, only_students=["demo_bugs", "x_exits", "x_not_json"],
+    autograde(root, only_students=["demo_bugs", "x_exits", "x_not_json"],
                        cell_timeout=CELL_TIMEOUT, progress=False)
-    after = {r["student_id"]: (r["score"], r["status"]) for r in pipeline.grade_rows(root)}
+    after = {r["student_id"]: (r["score"], r["status"]) for r in gradebook.grade_rows(root)}
     assert after == before
     assert {s: _cells(root, s) for s in before} == cells_before
 
@@ -178,7 +178,7 @@ def test_resubmitting_a_broken_file_removes_old_marks(course, tmp_path):
     shutil.copy2(os.path.join(course["root"], "gradebook.db"), os.path.join(root, "gradebook.db"))
     assert _cells(root, "demo_full")[0] == 6.0
     _submit(root, "demo_full", "{ not json")
-    pipeline.autograde(root, cell_timeout=CELL_TIMEOUT, progress=False)
+    autograde(root, cell_timeout=CELL_TIMEOUT, progress=False)
     assert _cells(root, "demo_full")[0] == 0.0
     assert _cells(root, "demo_bugs") == _cells(course["root"], "demo_bugs")   # others kept
 
@@ -188,12 +188,12 @@ def test_submission_over_its_time_limit_is_killed_and_zeroed(tmp_path):
     _copy_course(root)
     full = nbformat.read(_sample("demo_full"), as_version=4)
     a = H.answer(full, "mse")
-    a.source = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass\n" + a.source
+    a.source = H.UNINTERRUPTIBLE_LOOP + a.source
     _submit(root, "slow", H.text(full))
     shutil.copytree(os.path.join(ROOT, "samples", "submitted", "demo_unfinished", A),
                     os.path.join(root, "submitted", "zz_after", A))
     # the cell timeout is far away: only the limit for the whole hand-in can stop "slow"
-    results = pipeline.autograde(root, cell_timeout=600, submission_timeout=45, progress=False)
+    results = autograde(root, cell_timeout=600, submission_timeout=45, progress=False)
     assert results[("slow", A)]["status"] == "failed"
     assert "time limit" in results[("slow", A)]["reason"]
     assert _cells(root, "slow")[0] == 0.0
