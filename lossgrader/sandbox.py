@@ -241,6 +241,12 @@ def _synthetic_etc_dir() -> str:
         return _etc_dir
 
 
+def gpu_devices() -> list[str]:
+    """The NVIDIA device files a CUDA program needs (none on a machine without them)."""
+    import glob
+    return sorted(glob.glob("/dev/nvidia*"))
+
+
 def python_paths() -> list[str]:
     """The interpreter's prefixes and site-packages directories, bound read-only.
 
@@ -605,6 +611,8 @@ class Sandbox:
     ``env``: added to the sandbox's minimal environment (PATH, HOME=/tmp, LANG, one
     thread per BLAS/OpenMP pool); the ``env`` of ``popen`` only reaches bwrap itself.
     ``enabled=False``: no bwrap (unsafe), only the limits.
+    ``devices``: device files bound into the sandbox's minimal ``/dev`` (``gpu_devices()``
+    for grading on CUDA: the NVIDIA driver's libraries come with ``/usr``).
     """
 
     def __init__(
@@ -616,6 +624,7 @@ class Sandbox:
         hide: Sequence[str] = (),
         env: dict | None = None,
         enabled: bool = True,
+        devices: Sequence[str] = (),
         _use_cgroups: bool = True,
     ):
         self.scratch = os.path.abspath(os.fspath(scratch))
@@ -632,6 +641,7 @@ class Sandbox:
                 raise ValueError(f"the scratch folder cannot be hidden: {h}")
         self.env = dict(env or {})
         self.enabled = enabled
+        self.devices = tuple(d for d in devices if os.path.exists(d))
         self._use_cgroups = _use_cgroups
         self._cgroup: _Cgroup | None = None
         self._cgroup_tried = False
@@ -752,6 +762,8 @@ class Sandbox:
         for name in _SYNTHETIC_ETC:
             a += ["--ro-bind", os.path.join(etc, name), f"/etc/{name}"]
         a += ["--proc", "/proc", "--dev", "/dev"]
+        for device in self.devices:
+            a += ["--dev-bind", device, device]
         size = ["--size", str(self.limits.tmpfs_bytes())] if "--size" in features else []
         a += [*size, "--tmpfs", "/tmp", *size, "--tmpfs", "/dev/shm"]
 

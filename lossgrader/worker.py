@@ -107,7 +107,7 @@ class _Handin:
     """State of one notebook being graded."""
 
     def __init__(self, task, scratch, runtime_root, log):
-        from .sandbox import Limits, Sandbox
+        from .sandbox import Limits, Sandbox, gpu_devices
 
         self.task, self.scratch, self.log = task, scratch, log
         self.device = torch.device(task.get("device") or "cpu")
@@ -120,9 +120,11 @@ class _Handin:
         env = {"PYTHONPATH": runtime_root, "LOSSGRADER_DEVICE": str(self.device), "MPLBACKEND": "agg",
                "HOME": scratch, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
 
+        devices = gpu_devices() if self.device.type == "cuda" else ()
+
         def make_sandbox():
             return Sandbox(scratch, limits, extra_ro=(runtime_root,), hide=hide, env=env,
-                           enabled=bool(task.get("sandbox", True)))
+                           enabled=bool(task.get("sandbox", True)), devices=devices)
         from .kernel import KernelSession
         self.kernel = KernelSession(make_sandbox, scratch, self.output_cap)
         self.done = []          # code cells that ran to completion, replayed after a restart
