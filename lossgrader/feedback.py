@@ -242,6 +242,10 @@ def sanitize_output(out):
         return None
     data = out.get("data") or {}
     mime = next((m for m in SHOWN_MIMETYPES if m in data), None)
+    if mime in (None, "text/plain") and any(m not in SHOWN_MIMETYPES for m in data):
+        # JavaScript, a widget or another format the page does not show (its text/plain
+        # is only a repr such as "<IPython.core.display.Javascript object>")
+        return _note_output("（这个输出是脚本、交互控件或其他格式，反馈页不运行也不显示它。）")
     if mime is None:
         return None
     value = _text(data[mime])

@@ -11,6 +11,7 @@ clean_html, no CSP meta, no LimitPageSize).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from html.parser import HTMLParser
@@ -219,6 +220,8 @@ def test_page_loads_nothing_from_the_network(course, student):
     remote = [u for u in loads if re.match(r"(?i)(https?:)?//", u)]
     assert not remote, remote
     assert "cdnjs" not in page and "cdn.jsdelivr" not in page and "require.js" not in page
+    # the hidden tests' code is not shown (their results are)
+    assert "BEGIN HIDDEN TESTS" not in page and "hidden=True" not in page and "（含隐藏测试）" in page
 
 
 @pytest.mark.parametrize("student", SAMPLES)
@@ -277,6 +280,22 @@ def test_attack_page_is_under_the_cap_and_says_what_was_cut(course):
     assert len(page.encode()) <= fb.DEFAULT_MAX_PAGE_BYTES
     assert "本页内容有删减" in page and "已删去" in page and "20.0 MB" in page
     assert "测试：均方误差 MSE" in page                   # the rest of the page is still there
+    assert "反馈页不运行也不显示它" in page                # the JavaScript and widget outputs, in Chinese
+
+
+def test_a_hand_in_that_could_not_be_graded_gets_a_chinese_page(course):
+    student = "x_broken"
+    (course / "submitted" / student / A).mkdir(parents=True)
+    (course / "submitted" / student / A / f"{A}.ipynb").write_text("{not json", encoding="utf-8")
+    status_file = course / fb.STATUS_FILE
+    status = json.loads(status_file.read_text(encoding="utf-8")) if status_file.exists() else {}
+    status[f"{student}/{A}"] = {"status": "failed", "reason": f"{A}.ipynb is not valid JSON (Expecting value)"}
+    status_file.write_text(json.dumps(status), encoding="utf-8")
+    written = fb.feedback(str(course), only_students=[student], progress=False)
+    assert written == [str(_page(course, student))]
+    page = _page(course, student).read_text(encoding="utf-8")
+    assert '<html lang="zh-CN">' in page and "自动评分失败" in page
+    assert "不是有效的 JSON" in page and "0 / 6" in page
 
 
 class _Markup(HTMLParser):
