@@ -27,14 +27,26 @@ def find_course_root(start=None):
         path = parent
 
 
-def load_config(root, cell_timeout=None):
-    """The course's nbgrader configuration (nbgrader_config.py)."""
+class CourseError(ValueError):
+    """The course folder's configuration cannot be used."""
+
+
+def load_config(root):
+    """The course's nbgrader configuration (nbgrader_config.py at root, an empty one where
+    there is none), with CourseDirectory.root set."""
+    from traitlets.config import Config
     from traitlets.config.loader import PyFileConfigLoader
 
-    cfg = PyFileConfigLoader("nbgrader_config.py", path=root).load_config()
+    root = os.path.abspath(root)
+    if not os.path.isfile(os.path.join(root, "nbgrader_config.py")):
+        cfg = Config()
+    else:
+        try:
+            cfg = PyFileConfigLoader("nbgrader_config.py", path=root).load_config()
+        except Exception as exc:
+            raise CourseError(f"{os.path.join(root, 'nbgrader_config.py')} cannot be loaded "
+                              f"({exc.__class__.__name__}: {exc})") from exc
     cfg.CourseDirectory.root = root
-    if cell_timeout:
-        cfg.Execute.timeout = int(cell_timeout)
     return cfg
 
 
@@ -72,24 +84,31 @@ def assignments(root):
     return sorted(d for d in os.listdir(src) if os.path.isfile(os.path.join(src, d, d + ".ipynb")))
 
 
-def submissions(root, only_assignments=None, only_students=None):
-    """(student, assignment) pairs found in submitted/."""
+def submitted_students(root, known):
+    """Students with a submitted/<student>/<assignment>/ folder for an assignment in ``known``."""
+    known = set(known)
+    return {s for s, a in _submitted_pairs(root) if a in known}
+
+
+def _submitted_pairs(root):
     sub = os.path.join(root, "submitted")
-    pairs = []
     if not os.path.isdir(sub):
-        return pairs
-    known = set(assignments(root))
+        return []
+    pairs = []
     for student in sorted(os.listdir(sub)):
-        if only_students and student not in only_students:
-            continue
         sdir = os.path.join(sub, student)
-        if not os.path.isdir(sdir) or student.startswith("."):
+        if student.startswith(".") or not os.path.isdir(sdir):
             continue
-        for aid in sorted(os.listdir(sdir)):
-            if aid in known and os.path.isdir(os.path.join(sdir, aid)) and (
-                    not only_assignments or aid in only_assignments):
-                pairs.append((student, aid))
+        pairs += [(student, aid) for aid in sorted(os.listdir(sdir)) if os.path.isdir(os.path.join(sdir, aid))]
     return pairs
+
+
+def submissions(root, only_assignments=None, only_students=None):
+    """(student, assignment) pairs found in submitted/, for assignments of the source directory."""
+    known = set(assignments(root))
+    return [(s, a) for s, a in _submitted_pairs(root)
+            if a in known and (not only_students or s in only_students)
+            and (not only_assignments or a in only_assignments)]
 
 
 def read_status(root):

@@ -27,7 +27,6 @@ Only SQLite gradebooks are backed up and restored for now; another database URL 
 """
 import contextlib
 import datetime
-import json
 import logging
 import math
 import os
@@ -37,11 +36,12 @@ import sqlite3
 import threading
 import urllib.parse
 
+from . import course
+
 GRADEBOOK_FILE = "gradebook.db"
 SCRATCH_DIR = ".lossgrader"                    # scratch release directory used to register assignments
 BACKUP_DIR = os.path.join(SCRATCH_DIR, "backups")
 KEEP_BACKUPS = 30
-STATUS_FILE = "lossgrader-status.json"
 BUSY_TIMEOUT = 60.0                            # seconds a connection waits for another one's lock
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -70,21 +70,12 @@ class InvalidResult(GradebookError):
 # --------------------------------------------------------------------------------------
 
 def course_config(root):
-    """The course's nbgrader configuration (nbgrader_config.py at root), CourseDirectory.root set."""
-    from traitlets.config import Config
-    from traitlets.config.loader import PyFileConfigLoader
-
-    root = os.path.abspath(root)
-    if not os.path.isfile(os.path.join(root, "nbgrader_config.py")):
-        cfg = Config()
-    else:
-        try:
-            cfg = PyFileConfigLoader("nbgrader_config.py", path=root).load_config()
-        except Exception as exc:
-            raise GradebookError(f"{os.path.join(root, 'nbgrader_config.py')} cannot be loaded "
-                                 f"({exc.__class__.__name__}: {exc})") from exc
-    cfg.CourseDirectory.root = root
-    return cfg
+    """The course's nbgrader configuration (lossgrader.course.load_config), as a GradebookError
+    when nbgrader_config.py cannot be loaded."""
+    try:
+        return course.load_config(root)
+    except course.CourseError as exc:
+        raise GradebookError(str(exc)) from exc
 
 
 def db_url(root):
@@ -865,42 +856,6 @@ def submission_scores(url, assignment, student):
         return None if found is None else found[:3]
 
 
-def read_status(root):
-    """The autograde status file (lossgrader-status.json): {"student/assignment": entry}."""
-    try:
-        with open(os.path.join(os.path.abspath(root), STATUS_FILE), encoding="utf-8") as fh:
-            status = json.load(fh)
-    except (OSError, ValueError):
-        return {}
-    return status if isinstance(status, dict) else {}
-
-
-def _source_assignments(root):
-    """Assignment ids of the source directory (<id>/<id>.ipynb)."""
-    cfg = course_config(root)
-    source = cfg.CourseDirectory.get("source_directory")
-    source = source if isinstance(source, str) and source else "source"
-    src = os.path.join(os.path.abspath(root), source)
-    if not os.path.isdir(src):
-        return set()
-    return {d for d in os.listdir(src) if os.path.isfile(os.path.join(src, d, d + ".ipynb"))}
-
-
-def _submitted_students(root, known):
-    """Students with a submitted/<student>/<assignment>/ folder for a known assignment."""
-    sub = os.path.join(os.path.abspath(root), "submitted")
-    if not os.path.isdir(sub):
-        return set()
-    found = set()
-    for student in os.listdir(sub):
-        sdir = os.path.join(sub, student)
-        if student.startswith(".") or not os.path.isdir(sdir):
-            continue
-        if any(os.path.isdir(os.path.join(sdir, aid)) for aid in known):
-            found.add(student)
-    return found
-
-
 def grade_rows(root):
     """One row per (student, assignment) known to the gradebook or found in submitted/:
     {"student_id", "assignment", "score", "max_score", "status", "reason"}.
@@ -912,14 +867,14 @@ def grade_rows(root):
     from nbgrader.api import (Assignment, BaseCell, Grade, Student, SubmittedAssignment,
                               SubmittedNotebook)
 
-    status = read_status(root)
+    status = course.read_status(root)
     rows = []
     with _reading(db_url(root)) as db:
         if db is None:
             return rows
         assignments = sorted((a for a in db.query(Assignment) if a.notebooks), key=lambda a: a.name)
-        known = _source_assignments(root) | {a.name for a in assignments}
-        students = sorted({s.id for s in db.query(Student)} | _submitted_students(root, known))
+        known = set(course.assignments(root)) | {a.name for a in assignments}
+        students = sorted({s.id for s in db.query(Student)} | course.submitted_students(root, known))
         # two queries for the whole class (not two per submission)
         totals = {(name, student): (float(score or 0.0), float(max_score or 0.0))
                   for name, student, score, max_score in

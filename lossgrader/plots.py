@@ -11,7 +11,7 @@ import io
 
 import torch
 
-from .cjkfont import FONT_PATH, font_properties
+from .cjkfont import FONT_PATH, font_properties  # noqa: F401  (FONT_PATH: where the plot font lies)
 
 LEGEND_REFERENCE = "参考实现"
 LEGEND_STUDENT = "你的实现"

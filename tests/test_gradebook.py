@@ -17,6 +17,7 @@ pytest.importorskip("nbgrader")
 
 from lossgrader import gradebook as G  # noqa: E402
 from lossgrader.results import HandinResult  # noqa: E402
+from lossgrader.course import STATUS_FILE  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 A = "01_overview"
@@ -301,7 +302,7 @@ def test_grade_rows_report_failures_and_missing_hand_ins(course):
     G.write_result(url, _graded(course, test=2.0, written=1.0))
     G.write_result(url, HandinResult.failure("bob", A, "time limit exceeded"))
     os.makedirs(os.path.join(course, "submitted", "dave", A))
-    with open(os.path.join(course, G.STATUS_FILE), "w", encoding="utf-8") as fh:
+    with open(os.path.join(course, STATUS_FILE), "w", encoding="utf-8") as fh:
         json.dump({f"bob/{A}": {"status": "failed", "reason": "time limit exceeded"}}, fh)
     rows = {r["student_id"]: r for r in G.grade_rows(course)}
     assert rows["alice"]["score"] == 3.0 and rows["alice"]["status"] == "needs manual grading"

@@ -2,7 +2,6 @@
 the back-door scan finds, how a hand-in is normalised, and one sandboxed hand-in end to end.
 
 Each defence is tested with the attack it stops (see docs/instructor.md, threat model)."""
-import copy
 import glob
 import os
 
@@ -233,7 +232,6 @@ def test_wrong_answer_displaying_a_genuine_passing_report_scores_zero(released):
 def test_references_are_not_importable_in_the_sandbox(tmp_path):
     """Inside the sandbox `lossgrader` is the runtime alone: the references, the registry and
     the genuine package (here: the repository) cannot be imported, even by path."""
-    import subprocess
     import sys
 
     from lossgrader.sandbox import Sandbox
