@@ -527,15 +527,16 @@ def gradebook_sql(s: Setting, student):
 
 
 def overwrite_submitted(s: Setting, student):
-    """Overwrite classmates' hand-ins in submitted/ with the released (blank) notebook before
-    they are graded, and drop a file next to them."""
+    """Overwrite the honest classmates' hand-ins in submitted/ with the released (blank) notebook
+    before they are graded, and drop a file next to them (attackers are spared, so that their own
+    attacks still run when the defences are missing)."""
     return notebook(s, student, {
         "mse": textwrap.dedent("""
             import glob
             for _r in _roots():
                 _blank = _os.path.join(_r, "exercises", _A, _A + ".ipynb")
                 for _path in glob.glob(_os.path.join(_r, "submitted", "*", _A, _A + ".ipynb")):
-                    if _os.sep + _ME + _os.sep in _path or not _os.path.isfile(_blank):
+                    if _path.split(_os.sep)[-3].startswith("x_") or not _os.path.isfile(_blank):
                         continue
                     try:
                         with open(_blank, encoding="utf-8") as _src, open(_path, "w", encoding="utf-8") as _dst:
@@ -549,8 +550,8 @@ def overwrite_submitted(s: Setting, student):
 
 
 def delete_autograded(s: Setting, student):
-    """Delete classmates' autograded/ copies (and feedback/), at the top of a cell and from
-    inside the student's function."""
+    """Delete the honest classmates' autograded/ copies (and feedback/), at the top of a cell and
+    from inside the student's function."""
     code = textwrap.dedent("""
         import glob
         import shutil
@@ -559,7 +560,7 @@ def delete_autograded(s: Setting, student):
             for r in _roots():
                 for top in ("autograded", "feedback"):
                     for d in glob.glob(_os.path.join(r, top, "*")):
-                        if _os.path.basename(d) != _ME:
+                        if not _os.path.basename(d).startswith("x_"):
                             shutil.rmtree(d, ignore_errors=True)
         _delete_others()
         """)
