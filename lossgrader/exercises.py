@@ -72,7 +72,7 @@ AUTOGRAD = Forbidden("自动求导（.backward() / torch.autograd.grad）", (tor
 
 
 ONEHOT_HINT = ("目标是类别索引，形状 (N, *)：先把它转成与 logits 同形状 (N, C, *) 的 one-hot，"
-               "例如 F.one_hot(target, C).movedim(-1, 1).to(probs.dtype)（种子教程的 CombinedLoss 正是漏了这一步）。")
+               "例如 F.one_hot(target, C).movedim(-1, 1).to(probs.dtype)（原教程的 CombinedLoss 没有写明这一步：它只接受 one-hot 目标）。")
 
 
 class Exercise:
@@ -743,14 +743,14 @@ _list = [
     GradExercise("mse_grad", "MSE 的梯度", "mse_grad", "(pred, target)", 1, "02_regression", ref.mse_grad,
                  _as_grad_cases(_regression_cases()), forbidden=[AUTOGRAD, Forbidden("F.mse_loss", _f("mse_loss"))],
                  curve=Curve(ref.mse_grad, _residual_point, **_REGRESSION_CURVE),
-                 mistakes=[Mistake("梯度缺少 1/n：MSE 是平均，∂MSE/∂ŷᵢ = 2(ŷᵢ − yᵢ)/n（种子教程的 −2(y − ŷ) 漏掉了 1/n）。",
+                 mistakes=[Mistake("梯度缺少 1/n：MSE 是平均，∂MSE/∂ŷᵢ = 2(ŷᵢ − yᵢ)/n（原教程的 −2(y − ŷ) 漏掉了 1/n）。",
                                    lambda p, t: 2 * (p - t)),
                            Mistake("梯度的符号反了：∂MSE/∂ŷ = −2(y − ŷ)/n = 2(ŷ − y)/n。", lambda p, t: 2 * (t - p) / p.numel()),
                            Mistake("少了系数 2：(ŷ − y)² 的导数是 2(ŷ − y)。", lambda p, t: (p - t) / p.numel())]),
     Exercise("mae", "平均绝对误差 MAE", "mae_loss", "(pred, target)", 1, "02_regression", ref.mae_loss, _mae_cases,
              forbidden=[Forbidden("F.l1_loss / nn.L1Loss", _f("l1_loss"))],
              curve=Curve(ref.mae_loss, _residual_point, **_REGRESSION_CURVE),
-             mistakes=[Mistake("你的 MAE 实际计算的是平方误差（种子教程的代码片段正是这个错误）：MAE 取绝对值，不取平方。",
+             mistakes=[Mistake("你的 MAE 实际计算的是平方误差（原教程的代码片段正是这个错误）：MAE 取绝对值，不取平方。",
                                lambda p, t: ((p - t) ** 2).mean()),
                        Mistake(_SUM_HINT, lambda p, t: (p - t).abs().sum()),
                        Mistake("你先求平均再取绝对值，正负误差相互抵消了：应先对每个元素取绝对值，再平均。",
@@ -867,7 +867,7 @@ _list = [
                        Mistake(_SUM_HINT, lambda x, y, alpha=0.25, gamma=2.0: _sfl(x, y, alpha, gamma) * x.numel())]),
     Exercise("contrastive", "对比损失", "contrastive_loss", "(x1, x2, label, margin=1.0)", 1, "04_other",
              ref.contrastive_loss, _pair_cases, tol=(1e-4, 1e-5),
-             mistakes=[Mistake("标签约定反了：本课程（种子教程的公式）中 y = 0 表示相似，y = 1 表示不相似。",
+             mistakes=[Mistake("标签约定反了：本课程（原教程的公式）中 y = 0 表示相似，y = 1 表示不相似。",
                                lambda a, b, y, margin=1.0: ref.contrastive_loss.__wrapped_reference__(a, b, 1 - y, margin)),
                        Mistake("相似样本的项应是 d²，你用了 d。",
                                lambda a, b, y, margin=1.0: ((1 - y) * (a - b).norm(dim=1)
@@ -926,9 +926,9 @@ _list = [
     Exercise("mae_api", "修正后的 MAE 代码片段（nn.L1Loss）", "mae_with_l1loss", "(pred, target)", 1, "06_code",
              ref.mae_loss, _regression_cases(), required=("nn.L1Loss", _f("l1_loss")),
              forbidden=[Forbidden("nn.MSELoss / F.mse_loss", _f("mse_loss"), message=(
-                 "不要调用 nn.MSELoss / F.mse_loss：那是平方误差。种子教程正是在这里写错了，"
+                 "不要调用 nn.MSELoss / F.mse_loss：那是平方误差。原教程正是在这里写错了，"
                  "应为 mae_loss = nn.L1Loss()，然后 loss = mae_loss(pred, target)。"))],
-             mistakes=[Mistake("种子教程的错误：创建了 mae_loss = nn.L1Loss()，却调用了 mse_loss(pred, target)。应为 loss = mae_loss(pred, target)。",
+             mistakes=[Mistake("原教程的错误：创建了 mae_loss = nn.L1Loss()，却调用了 mse_loss(pred, target)。应为 loss = mae_loss(pred, target)。",
                                lambda p, t: ((p - t) ** 2).mean())]),
     ModuleExercise("focal_module", "FocalLoss 模块", "FocalLoss", "(alpha=1, gamma=2)", 1, "06_code", ref.focal_loss,
                    _module_cases(_class_cases(extra_kw=[{"alpha": 0.25, "gamma": 1.0}]), {}),

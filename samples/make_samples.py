@@ -32,7 +32,7 @@ STUDENTS = ("demo_full", "demo_bugs", "demo_unfinished")
 # Typical mistakes, keyed by the student function or class name of the exercise registry.
 BUGGY = {
     "numerical_gradient": '''def numerical_gradient(f, x, eps=1e-6):
-    # forward difference (f(x+eps) - f(x)) / eps instead of central differences
+    # 用了前向差分 (f(x+eps) - f(x)) / eps，而不是中心差分
     grad = torch.zeros_like(x)
     x_work = x.detach().clone()
     flat, grad_flat = x_work.view(-1), grad.view(-1)
@@ -45,62 +45,62 @@ BUGGY = {
     return grad
 ''',
     "mse_grad": '''def mse_grad(pred, target):
-    # the seed's formula -2(y - y_hat): the gradient of the sum, without the 1/n of the mean
+    # 原教程的公式 -2(y - y_hat)：这是求和形式的梯度，少了平均值的 1/n
     return -2 * (target - pred)
 ''',
     "mae_loss": '''def mae_loss(pred, target):
-    # the seed's MAE snippet: it builds an L1 loss and then calls mse_loss
+    # 原教程的 MAE 片段：创建了 L1 损失，却调用了 mse_loss
     mae = nn.L1Loss()
     loss = mse_loss(pred, target)
     return loss
 ''',
     "mae_grad": '''def mae_grad(pred, target):
-    # sign of the residual, but the 1/n of the mean is missing
+    # 残差的符号，但少了平均值的 1/n
     return torch.sign(pred - target)
 ''',
     "huber_loss": '''def huber_loss(pred, target, delta=1.0):
-    # the linear branch forgets the -0.5 * delta**2 that makes the two branches meet
+    # 线性分支漏了让两段相接的 -0.5 * delta**2
     r = (pred - target).abs()
     return torch.where(r <= delta, 0.5 * r ** 2, delta * r).mean()
 ''',
     "smooth_l1_loss": '''def smooth_l1_loss(pred, target, beta=1.0):
-    # divides by beta even when beta == 0: nan gradients for smooth L1 with beta = 0
+    # beta == 0 时也除以 beta：smooth L1 在 beta = 0 时梯度为 nan
     r = (pred - target).abs()
     return torch.where(r < beta, 0.5 * r ** 2 / beta, r - 0.5 * beta).mean()
 ''',
     "binary_cross_entropy": '''def binary_cross_entropy(probs, target):
-    # no clamp of the logarithm: -inf * 0 = nan when a probability is exactly 0 or 1
+    # 没有截断对数：概率恰为 0 或 1 时 -inf * 0 = nan
     return -(target * torch.log(probs) + (1 - target) * torch.log(1 - probs)).mean()
 ''',
     "bce_with_logits": '''def bce_with_logits(logits, target):
-    # sigmoid then log: overflows/underflows for large |logits|
+    # 先 sigmoid 再取 log：|logits| 很大时上溢/下溢
     p = torch.sigmoid(logits)
     return -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
 ''',
     "bce_with_logits_grad": '''def bce_with_logits_grad(logits, target):
-    # the 1/n of the mean is missing
+    # 少了平均值的 1/n
     return torch.sigmoid(logits) - target
 ''',
     "cross_entropy": '''def cross_entropy(logits, target):
-    # softmax without subtracting the maximum: exp overflows for large logits
+    # softmax 没有先减去最大值：logits 很大时 exp 上溢
     p = torch.exp(logits) / torch.exp(logits).sum(dim=1, keepdim=True)
     return -torch.log(p[torch.arange(logits.shape[0], device=logits.device), target]).mean()
 ''',
     "cross_entropy_grad": '''def cross_entropy_grad(logits, target):
-    # softmax minus one-hot, but not divided by the batch size N
+    # softmax 减 one-hot，但没有除以批大小 N
     p = torch.softmax(logits, dim=1)
     onehot = torch.zeros_like(p)
     onehot[torch.arange(logits.shape[0], device=logits.device), target] = 1
     return p - onehot
 ''',
     "weighted_cross_entropy": '''def weighted_cross_entropy(logits, target, weight):
-    # weighted sum divided by N instead of by the sum of the targets' weights
+    # 加权和除以 N，而不是除以目标类别权重之和
     log_p = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     nll = -log_p.gather(1, target.unsqueeze(1)).squeeze(1)
     return (weight[target] * nll).sum() / target.shape[0]
 ''',
     "label_smoothing_cross_entropy": '''def label_smoothing_cross_entropy(logits, target, smoothing=0.1):
-    # spreads the smoothing mass over the K-1 wrong classes only
+    # 把平滑的概率只分给 K-1 个错误类别
     log_p = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     k = logits.shape[1]
     true = torch.zeros_like(log_p).scatter_(1, target.unsqueeze(1), 1.0)
@@ -108,25 +108,25 @@ BUGGY = {
     return -(dist * log_p).sum(dim=1).mean()
 ''',
     "focal_loss": '''def focal_loss(logits, target, alpha=1.0, gamma=2.0):
-    # uses the probability of the predicted class instead of p_t (the true class)
+    # 用了预测类别的概率，而不是真实类别的 p_t
     log_p = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     ce = -log_p.gather(1, target.unsqueeze(1)).squeeze(1)
     p_max = log_p.exp().max(dim=1).values
     return (alpha * (1 - p_max) ** gamma * ce).mean()
 ''',
     "contrastive_loss": '''def contrastive_loss(x1, x2, label, margin=1.0):
-    # the other label convention (y = 1 similar), not the course's y = 0 similar
+    # 用了另一种标签约定（y = 1 表示相似），本课程是 y = 0 表示相似
     d = (x1 - x2).norm(dim=1)
     return (label * d ** 2 + (1 - label) * torch.clamp(margin - d, min=0) ** 2).mean()
 ''',
     "triplet_loss": '''def triplet_loss(anchor, positive, negative, margin=1.0):
-    # squared distances instead of Euclidean distances
+    # 用了平方距离，而不是欧氏距离
     d_ap = ((anchor - positive) ** 2).sum(dim=1)
     d_an = ((anchor - negative) ** 2).sum(dim=1)
     return torch.clamp(d_ap - d_an + margin, min=0).mean()
 ''',
     "box_iou_loss": '''def box_iou_loss(pred_boxes, target_boxes):
-    # no clamp of the overlap: disjoint boxes get a negative intersection
+    # 没有截断重叠部分：不相交的框得到负的交集
     x1 = torch.maximum(pred_boxes[:, 0], target_boxes[:, 0])
     y1 = torch.maximum(pred_boxes[:, 1], target_boxes[:, 1])
     x2 = torch.minimum(pred_boxes[:, 2], target_boxes[:, 2])
@@ -137,7 +137,7 @@ BUGGY = {
     return (1 - inter / (area_p + area_t - inter)).mean()
 ''',
     "combined_loss": '''def combined_loss(logits, target, alpha=0.5):
-    # the seed's CombinedLoss: class indices fed to a Dice loss that needs one-hot targets
+    # 原教程的 CombinedLoss：把类别下标交给需要 one-hot 目标的 Dice 损失
     p = torch.softmax(logits, dim=1)
     t = target.float()
     dice = 1 - (2 * (p * t).sum() + 1.0) / (p.sum() + t.sum() + 1.0)
@@ -145,7 +145,7 @@ BUGGY = {
     return alpha * ce + (1 - alpha) * dice
 ''',
     "fit_line_robust": '''def fit_line_robust(x, y):
-    # fits with the MSE although the data have outliers: the slope is pulled away
+    # 数据有离群点却用 MSE 拟合：斜率被拉偏
     w = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
     b = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
     opt = torch.optim.Adam([w, b], lr=0.1)
@@ -157,7 +157,7 @@ BUGGY = {
     return w.item(), b.item()
 ''',
     "train_imbalanced": '''def train_imbalanced(x, y):
-    # plain (unweighted) cross-entropy on 95/5 data: the minority class is ignored
+    # 在 95/5 的数据上用普通（不加权）交叉熵：少数类被忽略
     model = nn.Linear(x.shape[1], 2).to(x.device)
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(200):
@@ -168,13 +168,13 @@ BUGGY = {
     return model
 ''',
     "mae_with_l1loss": '''def mae_with_l1loss(pred, target):
-    # the seed's snippet copied as it is
+    # 原样照抄原教程的片段
     mae_loss = nn.L1Loss()
     loss = F.mse_loss(pred, target)
     return loss
 ''',
     "DiceLoss": '''class DiceLoss(nn.Module):
-    # the seed's DiceLoss: .view(-1) fails on non-contiguous inputs, targets used as they come
+    # 原教程的 DiceLoss：对非连续张量 .view(-1) 会失败，目标原样使用
     def __init__(self, smooth=1.0):
         super().__init__()
         self.smooth = smooth
@@ -187,7 +187,7 @@ BUGGY = {
         return 1 - dice
 ''',
     "WeightedCrossEntropy": '''class WeightedCrossEntropy(nn.Module):
-    # keeps the weights as a trainable Parameter and never moves them to the logits' device
+    # 把权重存成可训练的 Parameter，也没有移动到 logits 所在的设备
     def __init__(self, class_weights):
         super().__init__()
         self.class_weights = nn.Parameter(torch.as_tensor(class_weights, dtype=torch.float32))
