@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Build the whole book as one PDF: cover, table of contents, the chapters in TOC order,
-the errata appendix; formulas typeset, figures kept, fonts embedded, page numbers and
-bookmarks.
+the errata appendix; formulas typeset, figures kept, fonts embedded, page numbers, a
+table of contents whose entries link to the headings.
 
     python tools/make_pdf.py                    # -> _build/pdf/book.pdf
 

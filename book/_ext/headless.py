@@ -304,9 +304,13 @@ class Browser:
             mobile=False,
         )
 
-    def print_pdf(self, path: Path, page_numbers: bool = False, outline: bool = False) -> None:
-        """Print the page to an A4 PDF; optionally with page numbers in the footer and a
-        document outline (PDF bookmarks) made from the headings."""
+    def print_pdf(self, path: Path, page_numbers: bool = False, untagged: bool = False) -> None:
+        """Print the page to an A4 PDF; optionally with page numbers in the footer.
+
+        ``untagged`` leaves out the tagged (accessibility) structure: for the whole book it
+        would double the time to print and the size of the file. (Chromium's PDF bookmarks,
+        generateDocumentOutline, come only with it.)
+        """
         options = dict(
             printBackground=True,
             preferCSSPageSize=False,
@@ -323,14 +327,15 @@ class Browser:
                 headerTemplate="<span></span>",
                 footerTemplate=PAGE_NUMBER_FOOTER,
             )
-        if outline:
-            options.update(generateDocumentOutline=True, transferMode="ReturnAsStream")
+        if untagged:
+            options.update(generateTaggedPDF=False)
+        options.update(transferMode="ReturnAsStream")  # a large PDF comes back in chunks
         self.ws.settimeout(PRINT_TIMEOUT_S)  # a whole book takes minutes on a busy machine
         try:
             data = self.send("Page.printToPDF", **options)
         finally:
             self.ws.settimeout(60)
-        if "stream" in data:  # a large PDF comes back in chunks
+        if "stream" in data:
             chunks = []
             while True:
                 chunk = self.send("IO.read", handle=data["stream"], size=4 << 20)
@@ -493,7 +498,10 @@ PREPARE_BOOK_JS = r"""
       .lossbook-toc a { color: inherit; text-decoration: none; }
       article div.toctree-wrapper > section { break-before: page; }
       article h1, article h2, article h3 { break-after: avoid; }
+      /* The theme prints the page title in its own print header and hides the article's
+         h1; this book has its cover instead, and the h1 is the preface's title. */
       a.headerlink, #jb-print-docs-body { display: none !important; }
+      .bd-main .bd-content .bd-article h1:first-of-type { display: block !important; }
     }`;
   document.head.append(style);
   return entries.length;
@@ -582,9 +590,9 @@ def book_metadata(config_path: Path = ROOT / "_config.yml") -> dict:
 
 
 def print_book(single_html_dir: Path, out: Path, timeout: float = 300.0) -> dict:
-    """Print a singlehtml build of the book to one PDF: cover, table of contents, every
-    chapter on new pages in TOC order, formulas typeset, figures loaded, page numbers,
-    bookmarks. Returns what was checked ({formulas, images, headings})."""
+    """Print a singlehtml build of the book to one PDF: cover, table of contents (linked
+    to the headings), every chapter on new pages in TOC order, formulas typeset, figures
+    loaded, page numbers. Returns what was checked ({formulas, images, headings})."""
     page = single_page(single_html_dir)
     if not (single_html_dir / page).exists():
         raise FileNotFoundError(f"{single_html_dir / page} not found: build with --custom-builder singlehtml")
@@ -627,10 +635,7 @@ def _print_single_page(single_html_dir: Path, aliases: dict, out: Path, timeout:
                   if not p.startswith("request to another host") and not p.endswith("/searchindex.js")]
         if errors:
             raise CDPError("the page reported errors: " + "; ".join(errors[:5]))
-        try:
-            browser.print_pdf(out, page_numbers=True, outline=True)
-        except CDPError:  # an older Chromium without generateDocumentOutline
-            browser.print_pdf(out, page_numbers=True)
+        browser.print_pdf(out, page_numbers=True, untagged=True)
     return checked
 
 
