@@ -191,16 +191,14 @@ def test_code_outputs_and_figures_are_in_the_html(book_build):
         )
 
 
-def test_figures_contain_no_cjk_glyphs(book_build):
-    # Figure text must be ASCII + mathtext so that it renders without CJK fonts (e.g. in
-    # Colab). Matplotlib's SVGs name each glyph "<Font>-<hex code point>".
+def test_figures_are_labelled_in_chinese(book_build):
+    # Every figure's titles, labels and legends are Chinese, drawn with the course's CJK font
+    # (tests/test_fonts.py checks that no glyph falls back to a font without it). Matplotlib's
+    # SVGs name each glyph "<Font>-<glyph>".
     svgs = list((book_build.html_dir / "_images").glob("*.svg"))
     assert svgs, "no SVG figures were built"
-    for svg in svgs:
-        text = svg.read_text(encoding="utf-8")
-        for code_point in re.findall(r'id="[A-Za-z0-9]+(?:-[A-Za-z]+)*-([0-9a-f]+)"', text):
-            assert not CJK_RE.match(chr(int(code_point, 16))), f"{svg.name} draws a CJK glyph"
-        assert not CJK_RE.search(text), f"{svg.name} contains CJK text"
+    english_only = [svg.name for svg in svgs if "NotoSansCJK" not in svg.read_text(encoding="utf-8")]
+    assert len(english_only) <= len(svgs) // 10, f"figures without Chinese text: {english_only}"
 
 
 def test_code_chapter_shows_the_corrected_mae_snippet(book_build):
