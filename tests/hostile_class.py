@@ -14,7 +14,6 @@ and from ``lossgrader.__file__``, or by that absolute path; memory and processes
 (``Setting.memory_cap``, 200 children that sleep 30 s); detached processes carry
 ``Setting.token`` in their command line so that the test can find and end them.
 """
-import copy
 import os
 import textwrap
 from dataclasses import dataclass

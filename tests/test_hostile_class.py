@@ -52,8 +52,8 @@ FEEDBACK_CAP = 3 * 1024 * 1024      # bytes per feedback page
 # What the commands may write in the course directory (top-level names); everything else,
 # submitted/ and the grader's package included, must be byte for byte as before the batch.
 ALLOWED_OUTPUTS = {"autograded", "feedback", ".lossgrader", "gradebook.db", "gradebook.db-journal",
-                   "gradebook.db-wal", "gradebook.db-shm", "grades.csv", "lossgrader-status.json",
-                   "lossgrader-status.json.tmp"}
+                   "gradebook.db-wal", "gradebook.db-shm", "grades.csv", "grades.csv.tmp",
+                   "lossgrader-status.json", "lossgrader-status.json.tmp"}
 COPIED = ("nbgrader_config.py", "_config.yml", "tools", "solutions", "exercises", "lossgrader")
 
 pytestmark = pytest.mark.timeout(sum(COMMAND_TIMEOUT.values()) + 300)
@@ -424,8 +424,10 @@ def test_attacker_scores_no_more_than_a_blank_notebook(graded, attack):
 
 def test_no_manual_score_or_extra_credit_appears(graded):
     """The instructor entered no grade by hand: any manual score or extra credit was forged."""
+    gradebook = graded["gradebook_late"]
+    assert "error" not in gradebook, f"the gradebook cannot be read: {gradebook['error']}"
     forged = {}
-    for student, cells in graded["gradebook_late"].get("grades", {}).items():
+    for student, cells in gradebook["grades"].items():
         for cell, (auto, manual, extra, _) in cells.items():
             if manual is not None or extra:
                 forged[f"{student}/{cell}"] = (manual, extra)
@@ -470,6 +472,10 @@ def test_feedback_pages_are_small_and_run_no_script_from_a_hand_in(graded):
 
 
 def test_no_hand_in_reaches_the_network(graded):
+    if "x_network" not in graded["attacks"]:
+        pytest.skip("x_network not selected by LOSSGRADER_HOSTILE_ONLY")
+    assert os.path.isfile(os.path.join(graded["root"], "autograded", "x_network", A, A + ".ipynb")), \
+        "x_network was never graded: its attempts were not made"
     listener = graded["listener"]
     assert listener.seen == [], f"connections to the test's listener: {listener.seen}"
 
