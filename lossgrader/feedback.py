@@ -219,25 +219,32 @@ SHOWN_MIMETYPES = ("text/html", "text/markdown", "text/latex", "image/svg+xml", 
                    "image/jpeg", "text/plain")
 
 
+def _output(output_type, **fields):
+    """A notebook output node (built directly: nbformat's new_output validates each one,
+    which costs seconds on a hand-in with thousands of outputs)."""
+    from nbformat import NotebookNode
+
+    if output_type in ("display_data", "execute_result"):
+        fields.setdefault("metadata", {})
+    return NotebookNode(output_type=output_type, **fields)
+
+
 def _note_output(text):
     """An output of our own (a note in Chinese), shown as a yellow box."""
-    from nbformat.v4 import new_output
-    return new_output("display_data", data={
+    return _output("display_data", data={
         "text/html": f'<div class="lg-cut-note">{html.escape(text)}</div>', "text/plain": text})
 
 
 def sanitize_output(out):
     """The output reduced to what the page may show, or None to drop it."""
-    from nbformat.v4 import new_output
-
     kind = out.get("output_type")
     if kind == "stream":
         name = out.get("name") if out.get("name") in ("stdout", "stderr") else "stdout"
-        return new_output("stream", name=name, text=_text(out.get("text", "")))
+        return _output("stream", name=name, text=_text(out.get("text", "")))
     if kind == "error":
         traceback = out.get("traceback") or []
-        return new_output("error", ename=_text(out.get("ename", "")), evalue=_text(out.get("evalue", "")),
-                          traceback=[_text(line) for line in (traceback if isinstance(traceback, list) else [traceback])])
+        return _output("error", ename=_text(out.get("ename", "")), evalue=_text(out.get("evalue", "")),
+                       traceback=[_text(line) for line in (traceback if isinstance(traceback, list) else [traceback])])
     if kind not in ("display_data", "execute_result"):
         return None
     data = out.get("data") or {}
@@ -255,10 +262,10 @@ def sanitize_output(out):
         value = clean_base64(value)
         if not value:
             return _note_output("（这个输出的图像数据无效，未显示。）")
-    clean = new_output("display_data", data={mime: value})
     if kind == "execute_result":
-        clean = new_output("execute_result", data={mime: value}, execution_count=out.get("execution_count"))
-    return clean
+        count = out.get("execution_count")
+        return _output("execute_result", data={mime: value}, execution_count=count if isinstance(count, int) else None)
+    return _output("display_data", data={mime: value})
 
 
 class SanitizeOutputs(_Preprocessor):
@@ -374,14 +381,15 @@ def _mb(n) -> str:
 _CODE_FACTOR = 6
 _TEXT_FACTOR = 1.3
 _FRAME_BYTES = 60_000       # CSS, head, table of contents and per-cell markup, with margin
-_CELL_BYTES = 400
+_CELL_BYTES = 800
+_MAX_NOTES = 12             # lines of the summary at the top; the rest are counted
 _KEEP_TEXT = 5_000          # characters kept of an overlong text output or source
 
 
 class LimitPageSize(_Preprocessor):
     """Keep the page under ``max_page_bytes``: cut the largest outputs of the hand-in's cells
-    first (long text is truncated, HTML and images removed), then the grader's reports,
-    then overlong sources, then the cells that are neither instructions nor graded. Each cut
+    first (long text is truncated, HTML and images removed), then overlong sources, then
+    the largest cells that are not graded, and only then the grader's reports. Each cut
     leaves a Chinese note in place and a line in the page's summary.
 
     Sizes are estimated before rendering; ``feedback()`` measures the rendered page and
@@ -409,7 +417,7 @@ class LimitPageSize(_Preprocessor):
         lg = resources.setdefault("lossgrader", {})
         limit = int(lg.get("max_page_bytes") or self.max_page_bytes)
         budget = int(limit * float(lg.get("budget_fraction", 1.0))) - _FRAME_BYTES
-        notes = lg.setdefault("cut_notes", [])
+        notes = []                  # (bytes saved, Chinese line, cell index): the biggest cuts are listed first
         lg["max_page_text"] = _mb(limit)
 
         def where(i, cell):
@@ -419,14 +427,15 @@ class LimitPageSize(_Preprocessor):
         def is_test(cell):
             return cell.metadata.get("lossgrader", {}).get("kind") == "test"
 
-        total = sum(_CELL_BYTES + self._source_size(c) + sum(self._output_size(o) for o in c.get("outputs", []))
-                    for c in nb.cells)
-        # tier 1: outputs of the hand-in's cells; tier 2: the grader's reports (test cells)
-        for tier_is_test in (False, True):
-            if total <= budget:
-                break
+        def cell_size(cell):
+            return _CELL_BYTES + self._source_size(cell) + sum(self._output_size(o) for o in cell.get("outputs", []))
+
+        total = sum(cell_size(c) for c in nb.cells)
+
+        def cut_outputs(of_tests):
+            nonlocal total
             outputs = sorted(((self._output_size(o), i, j) for i, c in enumerate(nb.cells)
-                              if is_test(c) == tier_is_test for j, o in enumerate(c.get("outputs", []))),
+                              if is_test(c) == of_tests for j, o in enumerate(c.get("outputs", []))),
                              reverse=True)
             for size, i, j in outputs:
                 if total <= budget or size <= 2_000:
@@ -436,33 +445,47 @@ class LimitPageSize(_Preprocessor):
                 if out.output_type == "stream" and len(out.text) > _KEEP_TEXT:
                     out.text = out.text[:_KEEP_TEXT] + (
                         f"\n…（输出过长：共 {len(out.text):,} 个字符，反馈页只显示前 {_KEEP_TEXT:,} 个。）\n")
-                    notes.append(f"{where(i, cell)}的输出（{_mb(size)}）只保留了开头 {_KEEP_TEXT:,} 个字符")
+                    notes.append((size, f"{where(i, cell)}的输出（{_mb(size)}）只保留了开头 {_KEEP_TEXT:,} 个字符", i))
                 else:
                     cell.outputs[j] = _note_output(f"（这个输出有 {_mb(size)}，超出了反馈页的大小限制，已删去。）")
-                    notes.append(f"{where(i, cell)}的一个输出（{_mb(size)}）已删去")
+                    notes.append((size, f"{where(i, cell)}的一个输出（{_mb(size)}）已删去", i))
                 total -= size - self._output_size(cell.outputs[j])
-        # tier 3: overlong sources (a hand-in may paste megabytes into a cell)
-        if total > budget:
+
+        def cut_sources():
+            nonlocal total
             for size, i in sorted(((self._source_size(c), i) for i, c in enumerate(nb.cells)), reverse=True):
                 cell = nb.cells[i]
                 if total <= budget or len(cell.source) <= _KEEP_TEXT:
                     break
                 n = len(cell.source)
                 cell.source = cell.source[:_KEEP_TEXT] + f"\n# …（此单元共 {n:,} 个字符，反馈页只显示前 {_KEEP_TEXT:,} 个）"
-                notes.append(f"{where(i, cell)}的内容（{n:,} 个字符）只显示了开头 {_KEEP_TEXT:,} 个字符")
+                notes.append((size, f"{where(i, cell)}的内容（{n:,} 个字符）只显示了开头 {_KEEP_TEXT:,} 个字符", i))
                 total -= size - self._source_size(cell)
-        # tier 4: cells the hand-in added (neither graded nor the assignment's own text)
-        if total > budget:
-            kept, dropped = [], 0
-            for cell in nb.cells:
-                if total > budget and not cell.metadata.get("nbgrader"):
-                    total -= _CELL_BYTES + self._source_size(cell) + sum(self._output_size(o) for o in cell.get("outputs", []))
-                    dropped += 1
-                else:
-                    kept.append(cell)
-            nb.cells = kept
-            if dropped:
-                notes.append(f"{dropped} 个未评分的单元没有显示")
+
+        def drop_ungraded_cells():
+            nonlocal total
+            drop = set()
+            for size, i in sorted(((cell_size(c), i) for i, c in enumerate(nb.cells)
+                                   if not c.metadata.get("nbgrader")), reverse=True):
+                if total <= budget:
+                    break
+                drop.add(i)
+                total -= size
+            if drop:
+                nb.cells = [c for i, c in enumerate(nb.cells) if i not in drop]
+                notes[:] = [note for note in notes if note[2] not in drop]     # cuts inside them: moot
+                notes.append((float("inf"), f"{len(drop)} 个未评分的单元没有显示", None))
+
+        # In this order, each only while the page is still too big: the hand-in's outputs,
+        # overlong sources (megabytes pasted into a cell), the largest cells that are not
+        # graded, and last the grader's own reports (bounded, and what the student needs).
+        for step in (lambda: cut_outputs(False), cut_sources, drop_ungraded_cells, lambda: cut_outputs(True)):
+            if total > budget:
+                step()
+        lines = [text for _, text, _ in sorted(notes, key=lambda note: -note[0])]
+        if len(lines) > _MAX_NOTES:
+            lines[_MAX_NOTES - 1:] = [f"以及另外 {len(lines) - _MAX_NOTES + 1} 处较小的删减"]
+        lg["cut_notes"] = lines
         return nb, resources
 
 

@@ -379,6 +379,26 @@ def test_size_cap_is_configurable(course):
     assert "本页内容有删减" in page and "得分" in page
 
 
+def test_megabytes_of_source_and_thousands_of_cells_still_fit(course, tmp_path):
+    """A hand-in may paste megabytes into an answer cell or add thousands of cells: the
+    page keeps the grader's reports and the assignment's text and stays under the cap."""
+    nb = nbformat.read(course / "autograded" / "demo_bugs" / A / f"{A}.ipynb", as_version=4)
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == "answer_mse":
+            cell.source += "\n# " + "很长的注释" * 200_000
+    nb.cells += [nbformat.v4.new_code_cell("x = 1\n" * 50, outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text="y" * 3000)]) for _ in range(1500)]
+    path = tmp_path / f"{A}.ipynb"
+    nbformat.write(nb, path)
+    renderer = fb.PageRenderer(fb.course_config(str(course)), "sqlite:///" + str(course / "gradebook.db"))
+    page = renderer.render(str(path), "demo_bugs", A, max_page_bytes=400_000)
+    assert len(page.encode()) <= 400_000
+    assert page.count('class="lossgrader-report"') == 6                 # every report of the grader
+    assert "作业 02：回归损失函数" in page and "个未评分的单元没有显示" in page
+    assert re.search(r"“你的答案：均方误差 MSE”的内容（1,000,\d{3} 个字符）只显示了开头 5,000 个字符", page)
+    assert "第 1500 个单元" not in page                                 # no note about a cell not shown
+
+
 # ------------------------------------------------------------------------ unit level
 
 def test_clean_html_keeps_the_grader_report():
