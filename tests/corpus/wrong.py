@@ -887,7 +887,7 @@ def mae_api_by_hand(pred, target):
     return (pred - target).abs().mean()
 
 
-@wrong("mae_api", "种子教程", why="hand-written MSE, no nn.L1Loss")
+@wrong("mae_api", "原教程", why="hand-written MSE, no nn.L1Loss")
 def mae_api_squared_by_hand(pred, target):
     return ((pred - target) ** 2).mean()
 
