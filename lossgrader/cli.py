@@ -5,6 +5,7 @@
     lossgrader autograde [ASSIGNMENT...]    run the tests of every submission (0 + reason when impossible)
     lossgrader feedback [ASSIGNMENT...]     feedback/<student>/<assignment>/<assignment>.html
     lossgrader export [--to grades.csv]     grades CSV (score, max_score, status, reason) and a table
+    lossgrader report [--to report/index.html]  class report: score distributions, typical mistakes, failures, times
     lossgrader restore [BACKUP]             bring back a gradebook backup (.lossgrader/backups/)
     lossgrader demo                         all of the above on the sample class in samples/submitted/
 
@@ -101,6 +102,20 @@ def cmd_export(args):
     return 0
 
 
+def cmd_report(args):
+    from .classreport import class_report
+    from .gradebook import GradebookError
+
+    root = _root(args)
+    try:
+        path = class_report(root, args.to)
+    except GradebookError as exc:
+        print(f"lossgrader report: {exc}", file=sys.stderr)
+        return 2
+    print(f"written: {path}")
+    return 0
+
+
 def cmd_restore(args):
     from .gradebook import GradebookError, list_backups, restore
 
@@ -170,6 +185,11 @@ def build_parser():
     p = sub.add_parser("export", help="write the grades CSV and print the grade table")
     p.add_argument("--to", default=None, help="CSV path (default grades.csv in the course directory)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="write the class report (one offline HTML page for the instructor)")
+    p.add_argument("--to", default=None,
+                   help="HTML path (default report/index.html in the course directory)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("restore", help="bring back a gradebook backup (default: the newest)")
     p.add_argument("backup", nargs="?", default=None, help="backup file name or path (see --list)")
