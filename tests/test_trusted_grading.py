@@ -254,3 +254,38 @@ def test_references_are_not_importable_in_the_sandbox(tmp_path):
     assert out.returncode == 0, out.stderr.decode()
     assert "runtime True" in text and "IMPORTED" not in text, text
     assert "genuine visible False" in text and "course visible False" in text, text
+
+
+# ----------------------------------------------------------------------------- the coordinator refuses
+def _course_copy(root):
+    import shutil
+    for name in ("nbgrader_config.py", "_config.yml"):
+        shutil.copy2(os.path.join(ROOT, name), root)
+    shutil.copytree(os.path.join(ROOT, "tools"), os.path.join(root, "tools"))
+    shutil.copytree(os.path.join(ROOT, "solutions", A), os.path.join(root, "solutions", A))
+    shutil.copytree(os.path.join(ROOT, "samples", "submitted", "demo_full", A),
+                    os.path.join(root, "submitted", "demo_full", A))
+
+
+def test_autograde_without_a_sandbox_stops_with_the_reason(tmp_path, monkeypatch, capsys):
+    from lossgrader import sandbox
+    from lossgrader.cli import main
+    _course_copy(str(tmp_path))
+    monkeypatch.setattr(sandbox, "bwrap_problem", lambda: "bwrap is not installed")
+    with pytest.raises(SystemExit) as stopped:
+        main(["--course", str(tmp_path), "autograde"])
+    message = str(stopped.value)
+    assert "bwrap is not installed" in message and "bubblewrap" in message and "--no-sandbox" in message
+    assert not (tmp_path / "gradebook.db").exists() and not (tmp_path / "autograded").exists()
+
+
+def test_unreadable_gradebook_stops_autograde_and_is_left_untouched(tmp_path, capsys):
+    from lossgrader.cli import main
+    _course_copy(str(tmp_path))
+    garbage = b"this was the gradebook until a hand-in overwrote it\x00" * 100
+    (tmp_path / "gradebook.db").write_bytes(garbage)
+    assert main(["--course", str(tmp_path), "autograde", "--no-sandbox"]) == 2
+    err = capsys.readouterr().err
+    assert "gradebook.db" in err and "restore" in err
+    assert (tmp_path / "gradebook.db").read_bytes() == garbage
+    assert not (tmp_path / "autograded").exists()
