@@ -43,13 +43,24 @@ def cmd_generate(args):
 
 
 def cmd_collect(args):
-    from .collect import collect
+    from .collect import CollectError, collect
 
     root = _root(args)
-    copied = collect(root, args.source, args.assignment or None)
+    try:
+        copied = collect(root, args.source, args.assignment or None, fmt=args.format, pattern=args.pattern,
+                         roster=args.roster, report=args.report)
+    except CollectError as exc:
+        print(f"lossgrader collect: {exc}", file=sys.stderr)
+        return 2
     for student, aid in copied:
         print(f"submitted/{student}/{aid}/")
-    print(f"{len(copied)} submissions copied")
+    for row in copied.problems():
+        print(f"{row['status']}: {row['file']}"
+              + (f" ({row['student_id']}/{row['assignment']})" if row["student_id"] and row["assignment"] else "")
+              + (f": {row['detail']}" if row["detail"] else ""))
+    unmatched = sum(1 for r in copied.rows if r["status"] == "unmatched")
+    print(f"{len(copied)} submissions collected ({copied.format} layout)"
+          + (f"; {unmatched} files could not be matched" if unmatched else "") + f"; report: {copied.report}")
     return 0 if copied else 1
 
 
@@ -70,7 +81,8 @@ def cmd_autograde(args):
     try:
         results = autograde(root, args.assignments or None, args.student or None,
                             cell_timeout=args.cell_timeout, submission_timeout=args.timeout, jobs=args.jobs,
-                            sandbox=not args.no_sandbox, limits=_limits(args), quiet=args.quiet)
+                            sandbox=not args.no_sandbox, limits=_limits(args), quiet=args.quiet,
+                            dask=args.dask)
     except GradebookError as exc:
         print(f"lossgrader autograde: {exc}", file=sys.stderr)
         return 2
@@ -93,9 +105,22 @@ def cmd_feedback(args):
 
 
 def cmd_export(args):
-    from .export import export, format_table
+    from .collect import CollectError
+    from .export import ExportError, export, export_lms, format_table
 
     root = _root(args)
+    if args.format != "csv":
+        try:
+            path, rows, problems = export_lms(root, args.format, to=args.to, roster=args.roster,
+                                              assignment=args.assignment, column=args.column,
+                                              points=args.points, worksheet=args.worksheet)
+        except (ExportError, CollectError, OSError) as exc:
+            print(f"lossgrader export: {exc}", file=sys.stderr)
+            return 2
+        for problem in problems:
+            print(f"left out: {problem}")
+        print(f"written: {path} ({len(rows)} students, {args.format} gradebook import)")
+        return 0 if rows else 1
     path, rows = export(root, args.to)
     print(format_table(rows))
     print(f"\nwritten: {path}")
@@ -155,10 +180,22 @@ def build_parser():
                    help="only (re)register the assignments in gradebook.db, leave exercises/ as committed")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("collect", help="copy hand-ins from a folder into submitted/")
-    p.add_argument("source", help="folder with <student>/<assignment>/<assignment>.ipynb, "
-                                  "<student>/<assignment>.ipynb or <student>_<assignment>.ipynb")
-    p.add_argument("--assignment", action="append", help="only this assignment (repeatable)")
+    p = sub.add_parser("collect", help="copy hand-ins from a folder or zip (nbgrader, Canvas, Moodle) into submitted/")
+    p.add_argument("source", help="folder or .zip: <student>/<assignment>/<assignment>.ipynb, "
+                                  "<student>/<assignment>.ipynb, <student>_<assignment>.ipynb, "
+                                  "a Canvas or a Moodle submissions download")
+    p.add_argument("--assignment", action="append",
+                   help="only this assignment (repeatable); with one, every notebook of a Canvas/Moodle/"
+                        "--pattern download is a hand-in of it whatever its name")
+    p.add_argument("--format", choices=["auto", "nbgrader", "canvas", "moodle"], default="auto",
+                   help="file-naming convention of the source (default: detected)")
+    p.add_argument("--pattern", default=None,
+                   help="regular expression searched in each file's path, with the named group "
+                        "(?P<student>...) and optionally (?P<assignment>...), (?P<timestamp>...)")
+    p.add_argument("--roster", default=None,
+                   help="CSV mapping platform ids/names to student ids (columns: see docs/instructor.md)")
+    p.add_argument("--report", default="collect-report.csv",
+                   help="CSV listing every file and what became of it (default collect-report.csv)")
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("autograde", help="autograde the submissions in submitted/")
@@ -172,6 +209,10 @@ def build_parser():
                    help="submissions graded side by side (one sandboxed kernel each; default 1)")
     p.add_argument("--memory", type=float, default=None,
                    help="memory limit of one hand-in's sandbox in GiB (default 4)")
+    p.add_argument("--dask", metavar="CLUSTER", default=None,
+                   help="grade on Dask distributed instead of local threads: local[:N] (a LocalCluster of N "
+                        "single-thread worker processes), tcp://HOST:PORT (a running scheduler) or the path of "
+                        "a scheduler file (scheduler.json); see docs/instructor.md, 'Beyond one machine'")
     p.add_argument("--no-sandbox", action="store_true",
                    help="run student code without the bubblewrap sandbox (UNSAFE: only for trusted hand-ins)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress and no grade table (for scripts)")
@@ -183,7 +224,18 @@ def build_parser():
     p.set_defaults(func=cmd_feedback)
 
     p = sub.add_parser("export", help="write the grades CSV and print the grade table")
-    p.add_argument("--to", default=None, help="CSV path (default grades.csv in the course directory)")
+    p.add_argument("--to", default=None, help="CSV path (default grades.csv, canvas-grades.csv or "
+                                              "moodle-grades-<assignment>.csv in the course directory)")
+    p.add_argument("--format", choices=["csv", "canvas", "moodle"], default="csv",
+                   help="csv: lossgrader's grades.csv; canvas/moodle: that platform's gradebook import")
+    p.add_argument("--roster", default=None, help="CSV with the students' platform ids (see docs/instructor.md)")
+    p.add_argument("--assignment", default=None, help="the one assignment to export (required for Moodle)")
+    p.add_argument("--column", default=None,
+                   help="Canvas column title, e.g. 'Homework 2 (12345)' from a Canvas gradebook export")
+    p.add_argument("--points", type=float, default=None,
+                   help="rescale scores to this maximum (the assignment's points on the platform)")
+    p.add_argument("--worksheet", default=None,
+                   help="Moodle: fill in the grading worksheet downloaded from Moodle instead of writing a new one")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="write the class report (one offline HTML page for the instructor)")
