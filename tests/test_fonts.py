@@ -28,7 +28,7 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -88,7 +88,8 @@ def book_notebooks() -> list[Path]:
 
 
 def run_notebooks_without_cjk_fonts(notebooks, tmp_path: Path) -> dict:
-    """Execute notebooks in a subprocess that sees no system CJK font; returns its report."""
+    """Execute notebooks in subprocesses that see no system CJK font (one per CPU core, up
+    to 3, the notebooks dealt out among them); returns their merged report."""
     config_dir = tmp_path / "mplconfig"
     excluded = make_font_cache_without_cjk(config_dir)
     env = dict(os.environ)
@@ -96,20 +97,40 @@ def run_notebooks_without_cjk_fonts(notebooks, tmp_path: Path) -> dict:
         MPLCONFIGDIR=str(config_dir),
         MPLBACKEND="module://matplotlib_inline.backend_inline",
         LOSSGRADER_DEVICE="cpu",
+        OMP_NUM_THREADS="1",  # one thread per runner: the runners share the cores
         PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
     )
-    report_path = tmp_path / "report.json"
-    proc = subprocess.run(
-        [sys.executable, __file__, str(report_path), *map(str, notebooks)],
-        cwd=BOOK, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        timeout=RUN_TIMEOUT_S,
-    )
-    if not report_path.exists():
-        pytest.fail(f"the figure runner crashed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    report = json.loads(report_path.read_text(encoding="utf-8"))
-    report["excluded"] = excluded
-    report["stderr"] = proc.stderr
-    return report
+    notebooks = [str(nb) for nb in notebooks]
+    workers = max(1, min(len(notebooks), os.cpu_count() or 1, 3))
+    runs = []
+    for index in range(workers):
+        report_path, log_path = tmp_path / f"report-{index}.json", tmp_path / f"runner-{index}.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([sys.executable, __file__, str(report_path), *notebooks[index::workers]],
+                                    cwd=BOOK, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        runs.append((proc, report_path, log_path))
+    merged = {"visible_cjk_fonts": [], "errors": {}, "missing": [], "warnings": [],
+              "texts_checked": 0, "cjk_texts": 0, "seconds": {}, "excluded": excluded, "stderr": ""}
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    for proc, report_path, log_path in runs:
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        stderr = log_path.read_text(encoding="utf-8", errors="replace")
+        if not report_path.exists():
+            pytest.fail(f"the figure runner crashed (exit {proc.returncode}):\n{stderr[-4000:]}")
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        for key in ("visible_cjk_fonts", "missing", "warnings"):
+            merged[key] += report[key]
+        for key in ("errors", "seconds"):
+            merged[key].update(report[key])
+        for key in ("texts_checked", "cjk_texts"):
+            merged[key] += report[key]
+        merged["stderr"] += stderr
+    merged["visible_cjk_fonts"] = sorted(set(merged["visible_cjk_fonts"]))
+    return merged
 
 
 def test_font_subset_covers_the_book_code_and_grader_labels():
@@ -198,7 +219,7 @@ def _runner(report_path: str, notebooks: list[str]) -> None:
     from matplotlib.text import Text
 
     report = {"visible_cjk_fonts": [], "errors": {}, "missing": [], "warnings": [],
-              "texts_checked": 0, "cjk_texts": 0}
+              "texts_checked": 0, "cjk_texts": 0, "seconds": {}}
     report["visible_cjk_fonts"] = sorted({f.fname for f in font_manager.fontManager.ttflist
                                           if _has_cjk_glyphs(f.fname)})
     subset_path = os.path.realpath(os.path.join(REPO, "lossgrader", "fonts", "NotoSansSC-lossgrader-subset.otf"))
@@ -252,6 +273,7 @@ def _runner(report_path: str, notebooks: list[str]) -> None:
     for notebook in notebooks:
         current["notebook"] = notebook
         report["errors"][notebook] = None
+        started = time.monotonic()
         shell.reset(new_session=False)
         plt.close("all")
         with warnings.catch_warnings():
@@ -267,6 +289,7 @@ def _runner(report_path: str, notebooks: list[str]) -> None:
             for number in plt.get_fignums():  # figures a chapter never showed
                 plt.figure(number).canvas.draw()
             plt.close("all")
+        report["seconds"][notebook] = round(time.monotonic() - started, 1)
     Path(report_path).write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
