@@ -49,11 +49,13 @@ class Forbidden:
     @property
     def names(self) -> frozenset:
         """The names the runtime reports for these functions: the Python function, its
-        torch._C._nn twin and, for rules without a keyword condition, its autograd node."""
+        torch._C._nn and torch.ops.aten twins and, for rules without a keyword condition, its
+        autograd node."""
         names = {qualname(f) for f in self.funcs}
         for f in self.funcs:
             short = getattr(f, "__name__", "")
             names.add(f"torch._C._nn.{short}")
+            names.update((f"aten.{short}", f"aten.{short}_loss"))   # torch.ops.aten.* (cross_entropy_loss)
             if self.when is None:
                 names.update(_AUTOGRAD_NODES.get(short, ()))
         return frozenset(names)
@@ -885,7 +887,7 @@ _list = [
              ref.weighted_cross_entropy, _weighted_cases,
              forbidden=[Forbidden("F.cross_entropy / nn.CrossEntropyLoss", _f("cross_entropy")),
                         Forbidden("F.nll_loss", _f("nll_loss"))],
-             mistakes=[Mistake("加权交叉熵应除以目标类别权重之和 Σᵢ w_{yᵢ}，而不是 N。",
+             mistakes=[Mistake("加权交叉熵应除以目标类别权重之和 Σᵢ w_{yᵢ}，而不是 N（(w[y]·CE).mean() 是 Keras 的 class_weight 和不少仓库的约定，与 PyTorch 的 weight= 不同）。",
                                lambda x, t, w: (w[t] * _ce_rows(x, t)).sum() / x.shape[0]),
                        Mistake("权重没有起作用：你计算的是普通交叉熵。", lambda x, t, w: _ce_rows(x, t).mean()),
                        Mistake("分母应是每个样本目标类别权重之和 Σᵢ w_{yᵢ}，而不是所有类别权重之和 Σ_c w_c。",
@@ -896,7 +898,7 @@ _list = [
              forbidden=[Forbidden("F.cross_entropy(label_smoothing=...)", _f("cross_entropy"),
                                   lambda kw: bool(kw.get("label_smoothing"))),
                         Forbidden("F.nll_loss", _f("nll_loss"))],
-             mistakes=[Mistake("你把 ε 分给了其他 K − 1 个类别；本课程（与 PyTorch 一致）的目标是 (1 − ε)·onehot + ε/K，ε/K 分给全部 K 个类别。",
+             mistakes=[Mistake("你把 ε 分给了其他 K − 1 个类别（fairseq 的 label_smoothed_nll_loss 的约定）；本课程（与 PyTorch 一致）的目标是 (1 − ε)·onehot + ε/K，ε/K 分给全部 K 个类别。",
                                lambda x, t, smoothing=0.1: _ls_km1(x, t, smoothing)),
                        Mistake("平滑没有起作用：你计算的是普通交叉熵。", lambda x, t, smoothing=0.1: _ce_rows(x, t).mean()),
                        Mistake("缺少均匀分布那一项 ε·(−Σ_k log p_k)/K。",
@@ -917,14 +919,14 @@ _list = [
              curve=Curve(ref.sigmoid_focal_loss, _logit_point, **_LOGIT_CURVE),
              mistakes=[Mistake("α_t 反了：正样本（y = 1）乘 α，负样本乘 1 − α。",
                                lambda x, y, alpha=0.25, gamma=2.0: _sfl(x, y, alpha, gamma, swap=True)),
-                       Mistake("alpha < 0 表示不使用 α_t 加权，你仍然乘了 α_t。",
+                       Mistake("alpha < 0 表示不使用 α_t 加权，你仍然乘了 α_t（kornia 和 segmentation_models_pytorch 用 alpha=None 关闭加权，负的 alpha 照样相乘；本课程与 torchvision 一致）。",
                                lambda x, y, alpha=0.25, gamma=2.0: _sfl(x, y, alpha, gamma, always_alpha=True)),
                        Mistake("调制因子应使用 p_t（真实标签的概率）：(1 − p_t)^γ，你用了 (1 − p)^γ。",
                                lambda x, y, alpha=0.25, gamma=2.0: _sfl(x, y, alpha, gamma, use_p=True)),
                        Mistake(_SUM_HINT, lambda x, y, alpha=0.25, gamma=2.0: _sfl(x, y, alpha, gamma) * x.numel())]),
     Exercise("contrastive", "对比损失", "contrastive_loss", "(x1, x2, label, margin=1.0)", 1, "04_other",
              ref.contrastive_loss, _pair_cases,
-             mistakes=[Mistake("标签约定反了：本课程（原教程的公式）中 y = 0 表示相似，y = 1 表示不相似。",
+             mistakes=[Mistake("标签约定反了：本课程（原教程的公式）中 y = 0 表示相似，y = 1 表示不相似（不少 Siamese 实现用 1 表示相似）。",
                                lambda a, b, y, margin=1.0: ref.contrastive_loss.__wrapped_reference__(a, b, 1 - y, margin)),
                        Mistake("相似样本的项应是 d²，你用了 d。",
                                lambda a, b, y, margin=1.0: ((1 - y) * (a - b).norm(dim=1)
@@ -941,7 +943,7 @@ _list = [
                                   _f("triplet_margin_loss", "triplet_margin_with_distance_loss"))],
              mistakes=[Mistake("缺少铰链 max(0, ·)：已经满足间隔的三元组不应产生（负的）损失。",
                                lambda a, p, n, margin=1.0: ((a - p).norm(dim=1) - (a - n).norm(dim=1) + margin).mean()),
-                       Mistake("距离应是欧氏距离，你用了平方距离。",
+                       Mistake("距离应是欧氏距离，你用了平方距离（FaceNet 原文的形式）。",
                                lambda a, p, n, margin=1.0: (((a - p) ** 2).sum(1) - ((a - n) ** 2).sum(1) + margin).clamp(min=0).mean()),
                        Mistake("正负样本反了：应为 max(0, d(a, p) − d(a, n) + margin)。",
                                lambda a, p, n, margin=1.0: ((a - n).norm(dim=1) - (a - p).norm(dim=1) + margin).clamp(min=0).mean())]),
@@ -1059,6 +1061,211 @@ def _biou(p, t, subtract=True, clamp=True):
     ap = (p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1])
     at = (t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1])
     return (1 - inter / (ap + at - (inter if subtract else 0))).mean()
+
+
+# =================================================================== library variants
+# Conventions that public libraries really use and that differ from the course's formula
+# (sources read, with versions, are listed in tests/corpus/library_variants.py). They are
+# diagnosed like typical mistakes, after them: a variant is named only when the student's
+# results match it on every case where it differs from the course's formula.
+def _flat_nc(x):
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _dice_parts(x, t, squared=False):
+    p = _flat_nc(torch.softmax(x, 1))
+    oh = _flat_nc(_onehot(x, t))
+    return p, oh, (p * oh), (p * p if squared else p), oh
+
+
+def _dice_per_class(x, t, smooth=1.0, iou=False, mask_absent=True):
+    """segmentation_models_pytorch (losses/dice.py, jaccard.py, multiclass mode): a score per
+    class over batch and positions, 1 − score averaged over the classes present."""
+    p, oh, pt, ps, ts = _dice_parts(x, t)
+    inter, card = pt.sum((0, 2)), (ps + ts).sum((0, 2))
+    score = ((inter + smooth) / (card - inter + smooth).clamp_min(1e-7) if iou
+             else (2 * inter + smooth) / (card + smooth).clamp_min(1e-7))
+    loss = 1 - score
+    if mask_absent:
+        loss = loss * (ts.sum((0, 2)) > 0).to(loss.dtype)
+    return loss.mean()
+
+
+def _dice_per_sample(x, t, smooth=1.0, iou=False):
+    """A score per sample over classes and positions (eps 1e-8, no smoothing term), 1 − score
+    averaged over the batch. (For Dice this equals the global Dice without smoothing, since
+    every sample's Σp + Σt is the same: kornia.losses.dice_loss is diagnosed as "缺少平滑项".)"""
+    p, oh, pt, ps, ts = _dice_parts(x, t)
+    inter, card = pt.sum((1, 2)), (ps + ts).sum((1, 2))
+    score = inter / (card - inter + 1e-8) if iou else 2 * inter / (card + 1e-8)
+    return (1 - score).mean()
+
+
+def _dice_per_item(x, t, smooth=1.0):
+    """MONAI DiceLoss (reduction="mean"): a Dice per (sample, class), averaged over N·C."""
+    p, oh, pt, ps, ts = _dice_parts(x, t)
+    inter, card = pt.sum(2), (ps + ts).sum(2)
+    return (1 - (2 * inter + 1e-5) / (card + 1e-5)).mean()
+
+
+def _dice_squared(x, t, smooth=1.0):
+    """V-Net (Milletari et al. 2016): squares in the denominator."""
+    p, oh, pt, ps, ts = _dice_parts(x, t, squared=True)
+    return 1 - (2 * pt.sum() + smooth) / (ps.sum() + ts.sum() + smooth)
+
+
+def _box_terms(p, t):
+    lt = torch.maximum(p[:, :2], t[:, :2])
+    rb = torch.minimum(p[:, 2:], t[:, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[:, 0] * wh[:, 1]
+    union = (p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1]) + (t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1]) - inter
+    return inter, union
+
+
+def _giou_loss(p, t):
+    inter, union = _box_terms(p, t)
+    iou = inter / (union + 1e-7)
+    lt = torch.minimum(p[:, :2], t[:, :2])
+    rb = torch.maximum(p[:, 2:], t[:, 2:])
+    hull = (rb - lt).prod(1)
+    return (1 - iou + (hull - union) / (hull + 1e-7)).mean()
+
+
+def _diou_loss(p, t):
+    inter, union = _box_terms(p, t)
+    iou = inter / (union + 1e-7)
+    lt = torch.minimum(p[:, :2], t[:, :2])
+    rb = torch.maximum(p[:, 2:], t[:, 2:])
+    diag = ((rb - lt) ** 2).sum(1) + 1e-7
+    centre = (((p[:, :2] + p[:, 2:]) - (t[:, :2] + t[:, 2:])) / 2) ** 2
+    return (1 - iou + centre.sum(1) / diag).mean()
+
+
+def _log_iou_loss(p, t):
+    inter, union = _box_terms(p, t)
+    return -(inter / union).clamp(min=1e-6).log().mean()
+
+
+def _square_iou_loss(p, t):
+    inter, union = _box_terms(p, t)
+    return (1 - (inter / union) ** 2).mean()
+
+
+def _ls_classy(x, t, smoothing=0.1):
+    """ClassyVision / mmpretrain LabelSmoothLoss(mode="classy_vision"): (onehot + ε/K)/(1 + ε)."""
+    k = x.shape[1]
+    target = (F.one_hot(t, k).to(x.dtype) + smoothing / k) / (1 + smoothing)
+    return -(target * torch.log_softmax(x, 1)).sum(1).mean()
+
+
+def _focal_onevsrest(x, t, alpha=1.0, gamma=2.0):
+    """segmentation_models_pytorch FocalLoss(mode="multiclass"): one sigmoid focal loss per
+    class (one-vs-rest), each averaged, summed over the classes; α for the positives, 1 − α
+    for the negatives."""
+    oh = F.one_hot(t, x.shape[1]).to(x.dtype)
+    p = torch.sigmoid(x)
+    ce = F.binary_cross_entropy_with_logits(x, oh, reduction="none")
+    p_t = p * oh + (1 - p) * (1 - oh)
+    loss = ce * (1 - p_t) ** gamma * (alpha * oh + (1 - alpha) * (1 - oh))
+    return loss.mean(0).sum()
+
+
+def _focal_eps_softmax(x, t, alpha=1.0, gamma=2.0):
+    """kornia 0.5 focal_loss: softmax + eps (1e-8), then log."""
+    p = torch.softmax(x, 1) + 1e-8
+    oh = F.one_hot(t, x.shape[1]).to(x.dtype)
+    return (oh * (-alpha * (1 - p) ** gamma * torch.log(p))).sum(1).mean()
+
+
+def _focal_nc_mean(x, t, alpha=1.0, gamma=2.0):
+    oh = F.one_hot(t, x.shape[1]).to(x.dtype)
+    p = torch.softmax(x, 1)
+    return (oh * (-alpha * (1 - p) ** gamma * torch.log_softmax(x, 1))).mean()
+
+
+def _sfl_per_positive(x, y, alpha=0.25, gamma=2.0):
+    """detectron2 / RetinaNet: the summed focal loss divided by the number of positives."""
+    return _sfl(x, y, alpha, gamma) * x.numel() / y.sum().clamp(min=1.0)
+
+
+def _contrastive_d(a, b):
+    return torch.linalg.vector_norm(a - b, dim=1)
+
+
+_FOCAL_VARIANTS = [
+    Variant("“每个类别一个 sigmoid 二分类 focal loss，再对类别求和”", "segmentation_models_pytorch FocalLoss(mode='multiclass')",
+            "对 softmax 的真实类别概率 p_t 计算 α·(1 − p_t)^γ·(−log p_t)，再对样本平均", _focal_onevsrest),
+    Variant("“softmax 概率加 ε 再取 log”的 focal loss", "kornia 0.5 focal_loss（eps=1e-8）",
+            "在对数空间计算 log_softmax：logits 很大时真实类别的概率会下溢，log(p + ε) 让损失封顶在 −log ε ≈ 18.4",
+            _focal_eps_softmax),
+    Variant("对 N·C 个元素取平均的 focal loss", "把 one-hot 逐元素损失直接 .mean() 的写法",
+            "只对样本数 N 平均（每个样本只有真实类别那一项）", _focal_nc_mean),
+]
+_DICE_VARIANTS = [
+    Variant("逐类别的 Dice（每个类别一个 Dice，再对类别平均）", "segmentation_models_pytorch DiceLoss(mode='multiclass')",
+            "在整个批量的所有样本、类别和位置上一起求和，只算一个 Dice：1 − (2Σpt + s)/(Σp + Σt + s)", _dice_per_class),
+    Variant("对 N·C 个（样本, 类别）的 Dice 取平均", "MONAI DiceLoss(reduction='mean')",
+            "在整个批量上一起求和，只算一个 Dice：1 − (2Σpt + s)/(Σp + Σt + s)", _dice_per_item),
+    Variant("分母用平方和的 Dice（Σp² + Σt²）", "V-Net（Milletari et al. 2016）",
+            "分母是 Σp + Σt + s，不取平方", _dice_squared),
+]
+_LS_VARIANTS = [
+    Variant("“classy” 形式的标签平滑：目标 (onehot + ε/K)/(1 + ε)", "ClassyVision / mmpretrain LabelSmoothLoss(mode='classy_vision')",
+            "目标 (1 − ε)·onehot + ε/K（与 PyTorch 的 label_smoothing 一致）", _ls_classy),
+]
+_VARIANTS = {
+    "bce": [Variant("把概率截断到 [ε, 1 − ε] 的 BCE", "Keras / TensorFlow binary_crossentropy（epsilon=1e-7）",
+                    "概率恰为 0 或 1 时与 PyTorch 一致：把每个 log 截断在 −100（torch.clamp(torch.log(p), min=-100)），"
+                    "而不是截断概率（那样损失封顶在 −log ε ≈ 16.1）",
+                    lambda p, t: -(t * torch.log(p.clamp(1e-7, 1 - 1e-7)) + (1 - t) * torch.log(1 - p.clamp(1e-7, 1 - 1e-7))).mean())],
+    "cross_entropy": [Variant("“C 个 sigmoid 二分类”的交叉熵（one-hot 目标上的 BCE，对 N·C 个元素平均）",
+                              "mmdetection CrossEntropyLoss(use_sigmoid=True)",
+                              "softmax 交叉熵 −log softmax(x)[y]，对样本平均",
+                              lambda x, t: F.binary_cross_entropy_with_logits(x, F.one_hot(t, x.shape[1]).to(x.dtype)))],
+    "label_smoothing_ce": _LS_VARIANTS,
+    "label_smoothing_module": _LS_VARIANTS,
+    "focal": _FOCAL_VARIANTS,
+    "focal_module": _FOCAL_VARIANTS,
+    "sigmoid_focal": [Variant("除以正样本数的 focal loss", "detectron2 / RetinaNet（loss.sum() / 正样本数）",
+                              "对全部元素取平均（torchvision sigmoid_focal_loss 的 reduction='mean'）", _sfl_per_positive)],
+    "contrastive": [
+        Variant("带 ½ 的对比损失 ½[(1 − y)d² + y·max(0, m − d)²]", "Hadsell et al. 2006 原文 / Caffe ContrastiveLossLayer",
+                "不带 ½：(1 − y)d² + y·max(0, m − d)²，对样本平均",
+                lambda a, b, y, margin=1.0: 0.5 * ref.contrastive_loss.__wrapped_reference__(a, b, y, margin)),
+        Variant("距离不平方的对比损失 (1 − y)d + y·max(0, m − d)", "pytorch-metric-learning ContrastiveLoss（pos_margin=0）",
+                "两项都平方：(1 − y)d² + y·max(0, m − d)²",
+                lambda a, b, y, margin=1.0: ((1 - y) * _contrastive_d(a, b) + y * (margin - _contrastive_d(a, b)).clamp(min=0)).mean()),
+        Variant("把 margin 用在平方距离上的对比损失 y·max(0, m − d²)", "Caffe ContrastiveLossLayer(legacy_version=true)",
+                "不相似样本的项是 max(0, m − d)²：先用距离 d 与 margin 比较，再平方",
+                lambda a, b, y, margin=1.0: ((1 - y) * _contrastive_d(a, b) ** 2
+                                             + y * (margin - _contrastive_d(a, b) ** 2).clamp(min=0)).mean()),
+    ],
+    "triplet": [Variant("soft-margin 三元组损失 log(1 + exp(d(a, p) − d(a, n)))", "Hermans et al. 2017（In Defense of the Triplet Loss）",
+                        "带 margin 的铰链 max(0, d(a, p) − d(a, n) + margin)",
+                        lambda a, p, n, margin=1.0: F.softplus(_contrastive_d(a, p) - _contrastive_d(a, n)).mean())],
+    "dice": _DICE_VARIANTS,
+    "dice_module": _DICE_VARIANTS,
+    "iou": [Variant("逐类别的 IoU（每个类别一个 IoU，再对类别平均）", "segmentation_models_pytorch JaccardLoss(mode='multiclass')",
+                    "在整个批量上一起求和，只算一个 IoU：1 − (I + s)/(Σp + Σt − I + s)",
+                    lambda x, t, smooth=1.0: _dice_per_class(x, t, smooth, iou=True)),
+            Variant("逐样本的 IoU（每个样本一个 IoU，再对样本平均）", "kornia 风格的逐样本求和",
+                    "在整个批量上一起求和，只算一个 IoU，并加上平滑项 s",
+                    lambda x, t, smooth=1.0: _dice_per_sample(x, t, smooth, iou=True))],
+    "box_iou": [Variant("GIoU 损失 1 − IoU + (|C| − |A ∪ B|)/|C|", "torchvision.ops.generalized_box_iou_loss",
+                        "普通的 1 − IoU，没有最小外接框 C 那一项", _giou_loss),
+                Variant("DIoU 损失（加上中心距离项）", "torchvision.ops.distance_box_iou_loss",
+                        "普通的 1 − IoU，没有中心距离项", _diou_loss),
+                Variant("−log IoU 损失", "mmdetection IoULoss(mode='log') / UnitBox",
+                        "线性形式 1 − IoU", _log_iou_loss),
+                Variant("1 − IoU² 损失", "mmdetection IoULoss(mode='square')",
+                        "线性形式 1 − IoU", _square_iou_loss)],
+    "combined": [Variant("Dice 部分逐类别平均的组合损失", "segmentation_models_pytorch DiceLoss(mode='multiclass') + CrossEntropyLoss",
+                         "α·CE + (1 − α)·Dice，Dice 在整个批量上只算一个",
+                         lambda x, t, alpha=0.5: alpha * _ce_rows(x, t).mean() + (1 - alpha) * _dice_per_class(x, t, 1.0))],
+}
+for _ex in _list:
+    _ex.mistakes += tuple(_VARIANTS.get(_ex.id, ()))
 
 
 EXERCISES = {ex.id: ex for ex in _list}

@@ -86,6 +86,9 @@ def tolerance_for(dtype, override=None) -> Tolerance:
     return TOLERANCES.get(dtype, TOLERANCES[torch.float32])
 
 
+OTHER_GRADIENT_HINT = ("损失值在这个用例上与参考值一致，但梯度不同：要么你的公式与课程的公式是不同的函数、只在这些输入上数值接近，"
+                       "要么计算中有一段被 .detach() / .data 切断或用了不可导的运算（round、argmax）。")
+
 NOT_A_LOSS_HINT = "检查是否在计算中用了 .detach()、.item()、.data 或不可导的运算（如 round、argmax）。"
 
 
@@ -307,8 +310,9 @@ def gradient_cause(mismatch, case=None, what="梯度") -> tuple:
                     "在不可导点（残差为 0、|r| = δ、两点重合、hinge 的拐点）处应取有效的次梯度；"
                     "torch.where 与 clamp 在拐点的取值不同都可以，但不能是 0/0 或任意值。")
         return (f"只在个别元素上不对（{n_bad}/{n}）",
-                "只有少数元素不对：检查分段函数的条件（< 还是 <=）、拐点处的取值，以及只影响部分元素的项。")
-    return "", NOT_A_LOSS_HINT
+                "只有少数元素不对：检查分段函数的条件（< 还是 <=）和拐点处的取值；如果在概率或分母上加了 ε，"
+                "它在概率或分母很小的位置影响最大。")
+    return "", OTHER_GRADIENT_HINT
 
 
 def check_tensor_result(out: dict, like_shape, dtype, device, what="返回值") -> torch.Tensor:
