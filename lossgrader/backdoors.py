@@ -44,6 +44,12 @@ NAMES = {
     "globals": INTROSPECTION, "vars": INTROSPECTION, "locals": INTROSPECTION,
     "__builtins__": INTROSPECTION, "get_ipython": INTROSPECTION,
 }
+# components of a dotted path written as a string that only a back door spells out
+STRING_PARTS = {name: why for name, why in ATTRIBUTES.items()
+                if name.startswith("_") or name in ("DisableTorchFunction", "DisableTorchFunctionSubclass",
+                                                     "get_objects", "get_referrers", "get_referents",
+                                                     "f_back", "f_locals", "f_globals", "tb_frame")}
+STRING_PARTS["aten"] = PRIVATE_TORCH
 # `from lossgrader import check` (as the setup cell does) is fine; anything else of the grader is not
 GRADER_PUBLIC = {"check"}
 MODULES = {
@@ -121,9 +127,12 @@ def scan_source(source: str, cell: int) -> list:
                 findings.append(Finding(cell, line, f"{node.func.id}(…, 非字面量名称)", DYNAMIC))
             elif node.args[1].value in ATTRIBUTES:
                 findings.append(Finding(cell, line, f"{node.func.id}(…, {node.args[1].value!r})", ATTRIBUTES[node.args[1].value]))
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in ATTRIBUTES \
-                and node.value.startswith("_"):
-            findings.append(Finding(cell, line, repr(node.value), ATTRIBUTES[node.value]))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) < 200:
+            # a dotted path spelled as a string (operator.attrgetter("_C._nn.mse_loss"), getattr chains)
+            parts = node.value.split(".")
+            hit = next((p for p in parts if p in STRING_PARTS), None)
+            if hit is not None:
+                findings.append(Finding(cell, line, repr(node.value), STRING_PARTS[hit]))
     return findings
 
 

@@ -49,7 +49,12 @@ INPUT_FUNCTIONS = {f.__name__: f for f in (cubic, wavy, softplus_norm)}
 
 
 def qualname(func) -> str:
-    """A stable name for a torch callable, the same on both sides of the sandbox."""
+    """A stable name for a torch callable, the same on both sides of the sandbox
+    ("torch.nn.functional.mse_loss", "torch._C._nn.mse_loss", "aten.l1_loss")."""
+    if isinstance(func, torch._ops.OpOverload):
+        func = func.overloadpacket
+    if isinstance(func, torch._ops.OpOverloadPacket):
+        return str(func)
     module = getattr(func, "__module__", None) or ""
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
     return f"{module}.{name}" if module else str(name)
