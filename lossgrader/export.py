@@ -68,9 +68,9 @@ def format_table(rows):
 # ---------------------------------------------------------------- learning platforms
 # Canvas: Grades > Import takes a CSV with the columns Student, ID, SIS User ID, SIS Login ID,
 # Section, then one column per assignment titled "<name> (<assignment id>)" (the id is how
-# Canvas recognises an existing assignment; a title without one is matched by name or
-# becomes a new assignment). Students are matched by ID (Canvas user id). Empty cells
-# leave a grade as it is.
+# Canvas recognises an existing assignment; with a title without one Canvas may create a
+# new assignment). Students are matched by ID (Canvas user id). Empty cells leave a grade
+# as it is.
 # Moodle: Assignment > View all submissions > "Upload grading worksheet" (offline grading
 # worksheet, assignfeedback_offline) reads the columns Identifier ("Participant <id>",
 # per assignment), Grade and "Last modified (grade)"; a row is skipped when Moodle's grade
