@@ -257,8 +257,14 @@ def build_parser():
 
 
 def main(argv=None):
+    from .gradebook import GradebookError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except GradebookError as exc:   # e.g. an unreachable db_url in feedback/export: the message, no traceback
+        print(f"lossgrader {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
