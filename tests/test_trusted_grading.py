@@ -76,6 +76,13 @@ def test_forbidden_builtin_is_caught_by_any_route(route):
     assert report.score == 0.0 and report.results[0].status == "forbidden"
 
 
+def test_composite_builtin_through_torch_ops_is_caught():
+    """F.l1_loss decomposes into abs/mean: only the function-level name gives it away."""
+    import operator
+    report = check("mae", lambda p, t: operator.attrgetter("ops.aten.l1_loss")(torch)(p, t, 1), device="cpu")
+    assert report.results[0].status == "forbidden"
+
+
 def test_forbidden_builtin_under_disable_torch_function_is_caught():
     def sneaky(pred, target):
         with torch._C.DisableTorchFunction():
@@ -124,6 +131,8 @@ ATTACKS = [
     "__import__('gc')",
     "exec('x = 1')",
     "import subprocess",
+    "import operator\nf = operator.attrgetter('ops.aten.l1_loss')(torch)",
+    "import operator\nf = operator.attrgetter('_C._nn.mse_loss')(torch)",
     "from IPython.core.interactiveshell import InteractiveShell",
 ]
 
