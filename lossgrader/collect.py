@@ -87,12 +87,16 @@ class Roster:
     def __init__(self, rows):
         self.rows = rows
         self.by = {}
+        twice = set()           # (column, value) of two different students: never matched
         for row in rows:
-            for col in ("canvas_id", "moodle_id", "platform_id", "student_id", "email"):
+            for col in ("canvas_id", "moodle_id", "platform_id", "student_id", "email", "name"):
                 if row.get(col):
-                    self.by.setdefault(col, {}).setdefault(row[col].strip().casefold(), row)
-            if row.get("name"):
-                self.by.setdefault("name", {}).setdefault(_norm_name(row["name"]), row)
+                    key = _norm_name(row[col]) if col == "name" else row[col].strip().casefold()
+                    seen = self.by.setdefault(col, {}).setdefault(key, row)
+                    if seen["student_id"] != row["student_id"]:
+                        twice.add((col, key))
+        for col, key in twice:
+            del self.by[col][key]
         self.students = {row["student_id"]: row for row in rows}
 
     @classmethod
@@ -348,10 +352,15 @@ def _who(fmt, cand, roster):
     if fmt == "canvas":
         if roster is None:
             return cand.platform_id, None
-        row = roster.find(canvas_id=cand.platform_id, name=cand.name)
+        row = roster.find(canvas_id=cand.platform_id)
+        if row is None:         # by name only someone whose Canvas id the roster does not give
+            row = roster.find(name=cand.name)
+            row = None if row is not None and row.get("canvas_id") else row
         what = f"Canvas user {cand.platform_id} ({cand.name})"
     elif fmt == "moodle":
         if roster is None:
+            if cand.name.casefold() == "participant":      # blind marking hides the name
+                return f"participant_{cand.platform_id}", None
             return _slug(cand.name), None
         row = roster.find(name=cand.name, moodle_id=cand.platform_id)
         what = f"Moodle participant {cand.platform_id} ({cand.name})"
@@ -415,10 +424,18 @@ def collect(root, source, only_assignments=None, fmt="auto", pattern=None, roste
         rows += bad
         platform = used in ("canvas", "moodle", "pattern")
 
-        groups = {}
+        groups, namesakes = {}, {}
+        for c in cands:
+            namesakes.setdefault(c.name, set()).add(c.platform_id)
         for c in cands:
             if not c.rel.endswith(".ipynb"):
                 rows.append(_row(c.rel, "ignored", platform_id=c.platform_id, detail="not a notebook (.ipynb)"))
+                continue
+            if (c.student is None and used == "moodle" and roster is None and len(namesakes[c.name]) > 1
+                    and c.name.casefold() != "participant"):
+                rows.append(_row(c.rel, "unmatched", platform_id=c.platform_id,
+                                 detail=f"participants {', '.join(sorted(namesakes[c.name]))} are all called "
+                                        f"{c.name!r}: give a roster (--roster) to tell them apart"))
                 continue
             if c.student is None:
                 c.student, why = _who(used, c, roster)

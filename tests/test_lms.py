@@ -172,6 +172,27 @@ def test_moodle_folders_and_flat_names(course, tmp_path):
     assert seen["Wang_Wu"]["id"] == "1003"
 
 
+def test_moodle_namesakes_and_blind_marking(course, tmp_path):
+    t0 = 1_790_000_000
+    src = _tree(tmp_path / "moodle", {
+        f"Wang Fang_3001_assignsubmission_file/{A}.ipynb": (_notebook("wang 1"), t0),
+        f"Wang Fang_3002_assignsubmission_file/{A}.ipynb": (_notebook("wang 2"), t0 + 60),
+        f"Participant_4001_assignsubmission_file/{A}.ipynb": (_notebook("anon 1"), t0),
+        f"Participant_4002_assignsubmission_file/{A}.ipynb": (_notebook("anon 2"), t0)})
+    got = collect(course, src)
+    # two students of the same name are not merged into one (the newer would replace the other)
+    assert sorted(got) == [("participant_4001", A), ("participant_4002", A)]
+    unmatched = [r for r in got.rows if r["status"] == "unmatched"]
+    assert len(unmatched) == 2 and all("3001, 3002" in r["detail"] for r in unmatched)
+    # a roster tells them apart by participant id; a name given twice in the roster matches nobody
+    roster = _roster(tmp_path / "roster.csv", [
+        {"student_id": "wf1", "moodle_id": "3001", "name": "Wang Fang"},
+        {"student_id": "wf2", "moodle_id": "3002", "name": "Wang Fang"}])
+    got = collect(course, src, roster=roster)
+    assert sorted(got) == [("wf1", A), ("wf2", A)]
+    assert _marker(_submitted(course, "wf2", A)) == "wang 2"
+
+
 def test_moodle_zip_with_roster_by_full_name(course, tmp_path):
     when = (2026, 11, 21, 9, 0, 0)
     src = _zip(tmp_path / "moodle.zip", {
