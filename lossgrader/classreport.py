@@ -266,7 +266,7 @@ def _mistake_of(case: CaseRecord) -> Optional[str]:
     if case.status not in WRONG:
         return None
     if case.hint:
-        return _plain(case.hint)
+        return case.hint.strip()        # plain text (the exercises' hints hold no markup)
     if case.status == "forbidden" and case.message:
         return _plain(case.message)
     return None
