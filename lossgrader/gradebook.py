@@ -22,8 +22,14 @@ One writer, nothing lost (issue 7, item 3):
 
 Rows are written exactly as nbgrader's ``autograde`` (``SaveAutoGrades``) writes them, so
 ``nbgrader generate_feedback``, ``nbgrader export`` and the formgrader read them unchanged.
-Only SQLite gradebooks are backed up and restored for now; another database URL (set as
-``CourseDirectory.db_url`` in ``nbgrader_config.py``) is read and written, not backed up.
+
+A database server instead of the SQLite file (``CourseDirectory.db_url`` in
+``nbgrader_config.py``, e.g. ``postgresql+psycopg://USER:PASSWORD@HOST/DATABASE``) is read and
+written the same way: ``check_readable`` reaches the server (CONNECT_TIMEOUT) and checks the
+catalogue (an empty database is a new course; other tables or missing columns are refused);
+PostgreSQL readers run READ ONLY transactions and the writer holds an advisory lock per
+transaction; ``backup`` runs ``pg_dump`` (or logs "no backup for this URL" when it cannot);
+``restore`` refuses and prints the ``pg_restore`` command for the newest dump.
 """
 import contextlib
 import datetime
@@ -33,6 +39,7 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
 import threading
 import urllib.parse
 
@@ -46,13 +53,21 @@ BUSY_TIMEOUT = 60.0                            # seconds a connection waits for 
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _BACKUP_NAME = re.compile(r"^gradebook-(\d{8}T\d{6}\.\d{6})Z(?:-(\d+))?\.db$")
+_DUMP_NAME = re.compile(r"^gradebook-(\d{8}T\d{6}\.\d{6})Z(?:-(\d+))?\.pgdump$")   # pg_dump backups
 _BROKEN_NAME = re.compile(r"^gradebook-broken-(\d{8}T\d{6}\.\d{6})Z(?:-(\d+))?\.db$")
 _SIDE_FILES = ("-journal", "-wal", "-shm")     # SQLite's companions of a database file
+
+SERVER_URL_EXAMPLE = "postgresql+psycopg://USER:PASSWORD@HOST:5432/DATABASE"
+CONNECT_TIMEOUT = 15                           # seconds to reach a database server before giving up
+WRITER_LOCK = 0x6C6F737367726164               # PostgreSQL advisory lock of the one writer ("lossgrad")
 
 RESTORE_COMMAND = ("run `lossgrader restore` in the course directory, or "
                    "python -c \"from lossgrader.gradebook import restore; print(restore('.'))\"")
 RESTORE_HINT = ("To bring back the newest backup (the damaged file is kept aside), " + RESTORE_COMMAND
                 + "; backups are in .lossgrader/backups/. To start an empty gradebook instead, move the file away.")
+
+
+log = logging.getLogger("lossgrader.gradebook")
 
 
 class GradebookError(Exception):
@@ -214,7 +229,7 @@ def check_readable(url):
     if path is None:
         if url.startswith("sqlite:"):
             return                               # in-memory: nothing to check
-        _check_server_database(url)
+        _server_state(url)
         return
     if not os.path.exists(path):
         kept = _sorted_backups(os.path.join(os.path.dirname(path), BACKUP_DIR), _BACKUP_NAME)
@@ -235,21 +250,65 @@ def check_readable(url):
                              f"lossgrader has not changed it. {RESTORE_HINT}")
 
 
-def _check_server_database(url):
-    """check_readable for a database server (PostgreSQL, MySQL): read the table list only."""
-    from sqlalchemy import create_engine, inspect
+def _is_server(url):
+    """Whether url names a database server (PostgreSQL, MySQL), not an SQLite file or memory."""
+    return not url.startswith("sqlite:")
 
-    engine = create_engine(url)
+
+def _server_error(url, exc):
+    """A GradebookError that says, on one line, why the database server at url cannot be used."""
+    from sqlalchemy import exc as sa_exc
+
+    detail = getattr(exc, "orig", None) if isinstance(exc, sa_exc.DBAPIError) else None
+    text = " ".join(str(detail or exc).split()) or exc.__class__.__name__
+    if isinstance(exc, (sa_exc.NoSuchModuleError, ImportError)):
+        hint = (" The database driver is missing: pip install 'psycopg[binary]' and write the URL as "
+                + SERVER_URL_EXAMPLE + ".")
+    elif isinstance(exc, sa_exc.ArgumentError):
+        hint = f" Check CourseDirectory.db_url in nbgrader_config.py (for PostgreSQL: {SERVER_URL_EXAMPLE})."
+    else:
+        hint = (" Check that the server runs and accepts this user and database from this machine, and "
+                "CourseDirectory.db_url in nbgrader_config.py.")
+    return GradebookError(f"The gradebook database {_safe_url(url)} cannot be used: {text}.{hint} "
+                          "lossgrader has not changed anything.")
+
+
+def _server_state(url):
+    """check_readable for a database server: "empty" when the database has no table yet (a
+    new course: register creates nbgrader's tables), "ok" when it has nbgrader's tables and
+    columns; GradebookError when the server cannot be reached or the database holds something
+    else.  Reads the catalogue only, in a read-only transaction."""
+    from sqlalchemy import inspect
+
     try:
-        tables = set(inspect(engine).get_table_names())
+        with _engine(url, write=False).connect() as con:
+            inspector = inspect(con)
+            tables = set(inspector.get_table_names())
+            if not tables:
+                return "empty"
+            required = _required_schema()
+            missing = sorted(set(required) - tables)
+            if missing:
+                raise GradebookError(
+                    f"The gradebook database {_safe_url(url)} is not an nbgrader gradebook: it has other tables "
+                    f"({', '.join(sorted(tables)[:5])}) but not nbgrader's {', '.join(missing)}. lossgrader has not "
+                    "changed it; give the course a database of its own (CourseDirectory.db_url).")
+            if hasattr(inspector, "get_multi_columns"):          # SQLAlchemy 2: one catalogue query
+                found = {key[1]: cols for key, cols in inspector.get_multi_columns(filter_names=list(required)).items()}
+            else:
+                found = {table: inspector.get_columns(table) for table in required}
+            for table, columns in sorted(required.items()):
+                lacking = sorted(columns - {c["name"] for c in found.get(table, [])})
+                if lacking:
+                    raise GradebookError(
+                        f"The gradebook database {_safe_url(url)}: its table {table} lacks the columns "
+                        f"{', '.join(lacking)}: it was written by another nbgrader version (back it up, then run "
+                        "`nbgrader db upgrade`). lossgrader has not changed it.")
+            return "ok"
+    except GradebookError:
+        raise
     except Exception as exc:
-        raise GradebookError(f"The gradebook database {_safe_url(url)} cannot be read: {exc}") from exc
-    finally:
-        engine.dispose()
-    missing = sorted(set(_required_schema()) - tables)
-    if tables and missing:
-        raise GradebookError(f"The gradebook database {_safe_url(url)} is not an nbgrader gradebook: "
-                             f"it lacks the tables {', '.join(missing)}. lossgrader has not changed it.")
+        raise _server_error(url, exc) from exc
 
 
 def _safe_url(url):
@@ -275,17 +334,36 @@ def _engine(url, write):
     makes a write cheap).  SQLite engines open a fresh connection for every session
     (NullPool), so a restored file is seen at once; readers' connections are read-only;
     the writer's transactions start with BEGIN IMMEDIATE (the write lock is taken at once,
-    waiting up to BUSY_TIMEOUT for readers, so a write cannot fail half-way for a lock)."""
+    waiting up to BUSY_TIMEOUT for readers, so a write cannot fail half-way for a lock).
+
+    A database server gets one pooled engine (connections checked before use, CONNECT_TIMEOUT
+    to reach the server); on PostgreSQL readers' transactions are READ ONLY and every writer
+    transaction first takes a transaction-level advisory lock (WRITER_LOCK), so two
+    coordinators of the same course write one after the other, as with SQLite."""
     from sqlalchemy import create_engine, event
     from sqlalchemy.pool import NullPool
 
     path = sqlite_path(url)
-    key = (url, bool(write)) if path is not None else (url, None)
+    key = (url, bool(write)) if path is not None or _is_server(url) else (url, None)   # one in-memory db
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
         if engine is not None:
             return engine
-        if path is None:
+        if path is None and _is_server(url):
+            base = _ENGINES.get((url, None))
+            if base is None:
+                base = _ENGINES[(url, None)] = _server_engine(url)
+            postgres = base.dialect.name == "postgresql"
+            if not write:
+                engine = base.execution_options(postgresql_readonly=True) if postgres else base
+            else:
+                engine = base.execution_options()
+
+                if postgres:
+                    @event.listens_for(engine, "begin")
+                    def _writer_lock(conn):
+                        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITER_LOCK})")
+        elif path is None:
             engine = create_engine(url)
         elif not write:
             engine = create_engine("sqlite://", creator=lambda: _ro_connect(path), poolclass=NullPool)
@@ -304,16 +382,41 @@ def _engine(url, write):
         return engine
 
 
+def _server_engine(url):
+    """A pooled engine for a database server (see _engine)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    options = {"pool_pre_ping": True, "pool_size": 2}
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+    return create_engine(url, **options)
+
+
+def dispose_engines():
+    """Close every pooled database connection this process holds (e.g. before the database
+    server stops); the engines reconnect when used again."""
+    with _ENGINES_LOCK:
+        for engine in _ENGINES.values():
+            engine.dispose()
+
+
 @contextlib.contextmanager
 def _reading(url):
     """A read-only SQLAlchemy session over nbgrader's models; None when there is no gradebook."""
     from sqlalchemy.orm import Session
 
-    check_readable(url)
     path = sqlite_path(url)
-    if path is not None and not os.path.exists(path):
-        yield None
-        return
+    if path is None and _is_server(url):
+        if _server_state(url) == "empty":        # a new course's database: nothing to read yet
+            yield None
+            return
+    else:
+        check_readable(url)
+        if path is not None and not os.path.exists(path):
+            yield None
+            return
     session = Session(_engine(url, write=False), autoflush=False)
     try:
         yield session
@@ -327,11 +430,16 @@ def _writing(url):
     """A session whose changes are committed together at the end, or not at all."""
     from sqlalchemy.orm import Session
 
-    check_readable(url)
     path = sqlite_path(url)
-    if path is not None and not os.path.exists(path):
-        raise GradebookError(f"There is no gradebook at {path} yet: register the assignments first "
-                             "(`lossgrader generate --gradebook-only`).")
+    if path is None and _is_server(url):
+        if _server_state(url) == "empty":
+            raise GradebookError(f"The gradebook database {_safe_url(url)} has no nbgrader tables yet: register "
+                                 "the assignments first (`lossgrader generate --gradebook-only`).")
+    else:
+        check_readable(url)
+        if path is not None and not os.path.exists(path):
+            raise GradebookError(f"There is no gradebook at {path} yet: register the assignments first "
+                                 "(`lossgrader generate --gradebook-only`).")
     session = Session(_engine(url, write=True), autoflush=True)
     try:
         yield session
@@ -351,14 +459,14 @@ def _stamp():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
-def _unique(directory, prefix):
-    """A new file name prefix-<UTC timestamp>.db in directory, never an existing one."""
+def _unique(directory, prefix, ext=".db"):
+    """A new file name prefix-<UTC timestamp><ext> in directory, never an existing one."""
     stamp = _stamp()
-    name = f"{prefix}-{stamp}.db"
+    name = f"{prefix}-{stamp}{ext}"
     n = 1
     while os.path.exists(os.path.join(directory, name)):
         n += 1
-        name = f"{prefix}-{stamp}-{n}.db"
+        name = f"{prefix}-{stamp}-{n}{ext}"
     return os.path.join(directory, name)
 
 
@@ -385,10 +493,15 @@ def _sorted_backups(directory, pattern):
 
 
 def list_backups(root, broken=False):
-    """Paths of the gradebook backups in .lossgrader/backups/, newest first.
+    """Paths of the gradebook backups in .lossgrader/backups/, newest first: copies of an
+    SQLite gradebook (gradebook-<UTC timestamp>.db), or pg_dump archives of a PostgreSQL one
+    (gradebook-<UTC timestamp>.pgdump) when nbgrader_config.py sets such a db_url.
 
     broken=True lists instead the damaged gradebooks that restore() kept aside
-    (gradebook-broken-<UTC timestamp>.db)."""
+    (gradebook-broken-<UTC timestamp>.db; SQLite only)."""
+    url = db_url(root)
+    if sqlite_path(url) is None and _is_server(url):
+        return [] if broken else _sorted_backups(_backup_dir(root), _DUMP_NAME)
     return _sorted_backups(_backup_dir(root), _BROKEN_NAME if broken else _BACKUP_NAME)
 
 
@@ -416,14 +529,19 @@ def _copy_database(source, dest):
 
 def backup(root, keep=KEEP_BACKUPS):
     """Copy the gradebook into .lossgrader/backups/gradebook-<UTC timestamp>.db; returns its
-    path, or None when there is nothing to back up (no gradebook yet, or not SQLite).
+    path, or None when there is nothing to back up (no gradebook yet, an in-memory one).
+
+    A PostgreSQL gradebook is dumped with ``pg_dump --format=custom`` into
+    gradebook-<UTC timestamp>.pgdump instead (see _dump_server); without pg_dump, or for
+    another database server, nothing is backed up and a warning says so ("no backup for this
+    URL"): the server's own backups are then the only ones.
 
     Raises GradebookError when the gradebook is unreadable (a batch must not write over it).
     Keeps the newest `keep` backups and deletes older ones (damaged copies are never deleted)."""
     url = db_url(root)
     path = sqlite_path(url)
     if path is None:
-        return None
+        return _dump_server(root, url, keep) if _is_server(url) else None
     check_readable(url)
     if not os.path.exists(path):
         return None
@@ -439,6 +557,61 @@ def backup(root, keep=KEEP_BACKUPS):
     return dest
 
 
+def _libpq_target(url):
+    """(connection URI for PostgreSQL's own tools, without the password; their environment,
+    with the password as PGPASSWORD and a connect timeout)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    env = dict(os.environ)
+    if parsed.password:
+        env["PGPASSWORD"] = str(parsed.password)
+    env.setdefault("PGCONNECT_TIMEOUT", str(CONNECT_TIMEOUT))
+    target = parsed.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    return target, env
+
+
+def _dump_server(root, url, keep):
+    """backup() for a database server: pg_dump of a PostgreSQL gradebook, else a warning."""
+    from sqlalchemy.engine import make_url
+
+    if _server_state(url) == "empty":
+        return None                              # a new course's database: nothing to keep yet
+    safe = _safe_url(url)
+    if make_url(url).get_backend_name() != "postgresql":
+        log.warning("no backup for this URL (%s): lossgrader backs up SQLite and PostgreSQL gradebooks "
+                    "only; rely on the database server's own backups", safe)
+        return None
+    exe = shutil.which("pg_dump")
+    if exe is None:
+        log.warning("no backup for this URL (%s): pg_dump is not installed (Debian: apt-get install "
+                    "postgresql-client); rely on the database server's own backups", safe)
+        return None
+    directory = _backup_dir(root)
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):          # left by a dump that was interrupted
+        if name.startswith("gradebook-") and name.endswith(".pgdump.part"):
+            os.remove(os.path.join(directory, name))
+    dest = _unique(directory, "gradebook", ".pgdump")
+    target, env = _libpq_target(url)
+    try:
+        proc = subprocess.run([exe, "--format=custom", "--no-owner", "--file", dest + ".part",
+                               "--dbname", target], env=env, capture_output=True, text=True, timeout=3600)
+        problem = None if proc.returncode == 0 else " ".join((proc.stderr or proc.stdout).split())[-500:]
+    except (OSError, subprocess.SubprocessError) as exc:
+        problem = str(exc)
+    if problem is not None:
+        if os.path.exists(dest + ".part"):
+            os.remove(dest + ".part")
+        log.warning("no backup for this URL (%s): pg_dump failed: %s (a pg_dump of the server's major "
+                    "version is needed); rely on the database server's own backups", safe, problem)
+        return None
+    os.replace(dest + ".part", dest)
+    for old in list_backups(root)[max(1, keep):]:
+        os.remove(old)
+    return dest
+
+
 def restore(root, name=None):
     """Bring back the newest backup, or the one named (file name or path in .lossgrader/backups/).
 
@@ -449,8 +622,20 @@ def restore(root, name=None):
     url = db_url(root)
     path = sqlite_path(url)
     if path is None:
-        raise GradebookError(f"restore handles SQLite gradebooks only; {_safe_url(url)} is not one: "
-                             "use the database server's own backups.")
+        if not _is_server(url):
+            raise GradebookError(f"There is nothing to restore for the in-memory gradebook {url}.")
+        dumps = list_backups(root)
+        if dumps:
+            target, _ = _libpq_target(url)
+            how = (f"To bring back the newest pg_dump backup, stop every lossgrader and nbgrader command of the "
+                   f"course, then run: pg_restore --clean --if-exists --no-owner --dbname '{target}' {dumps[0]} "
+                   f"(the password from PGPASSWORD or ~/.pgpass; {len(dumps)} dump"
+                   f"{'s' if len(dumps) > 1 else ''} in {os.path.dirname(dumps[0])}).")
+        else:
+            how = (f"There is no pg_dump backup of it in {_backup_dir(root)}: use the database server's own "
+                   "backups.")
+        raise GradebookError(f"lossgrader restore brings back SQLite gradebooks only; this course's gradebook "
+                             f"is the database {_safe_url(url)}, and lossgrader has not changed it. {how}")
     backups = list_backups(root)
     directory = _backup_dir(root)
     if name is None:
