@@ -37,6 +37,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_FONT = Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc")
 SOURCE_FAMILY = "Noto Sans CJK SC"
+#: The subset's own family name: on a machine with fonts-noto-cjk, matplotlib would
+#: otherwise find two "Noto Sans CJK SC" and might draw with the system one, so that a
+#: build would not show what Colab (subset only) shows.
+SUBSET_FAMILY = "Noto Sans CJK SC Lossgrader"
 
 sys.path.insert(0, str(ROOT))
 from lossgrader.cjkfont import FONT_PATH  # noqa: E402  (the one place the path is written)
@@ -166,9 +170,24 @@ def build(out: Path = Path(FONT_PATH), source: Path = SOURCE_FONT) -> tuple[set[
     subsetter = subset.Subsetter(options)
     subsetter.populate(unicodes=sorted(ord(c) for c in kept))
     subsetter.subset(font)
+    rename(font, SUBSET_FAMILY)
     out.parent.mkdir(parents=True, exist_ok=True)
     subset.save_font(font, str(out), options)
     return kept, wanted - kept
+
+
+def rename(font, family: str) -> None:
+    """Give the font the family name ``family`` (name table and CFF); the PostScript name
+    and the copyright and licence records stay."""
+    full = f"{family} Regular"
+    for record in font["name"].names:
+        if record.nameID in (1, 16):
+            record.string = family
+        elif record.nameID in (3, 4):
+            record.string = full
+    if "CFF " in font:
+        top = font["CFF "].cff.topDictIndex[0]
+        top.FamilyName, top.FullName = family, full
 
 
 def check(font: Path = Path(FONT_PATH)) -> list[str]:
