@@ -215,6 +215,35 @@ def test_page_is_self_contained_and_escaped(page):
     assert not [w for w in caught if "missing from" in w], caught
 
 
+def test_every_exercise_title_is_drawn_with_the_course_font():
+    """The figures of a class with every exercise of the course (no gradebook needed): no
+    glyph is missing (the font is a subset; matplotlib warns about a missing glyph)."""
+    from lossgrader.exercises import EXERCISES
+
+    cells = {}
+    for ex in EXERCISES.values():
+        cells.setdefault(ex.assignment, []).append((f"test_{ex.id}", float(ex.points)))
+    handins = []
+    for aid, graded in cells.items():
+        total = sum(p for _, p in graded)
+        for i, student in enumerate(("学生甲", "学生乙", "学生丙")):
+            cases = [CaseRecord(g, g[len("test_"):], "一维 float32", "fail", "结果不对", f"提示 {g}")
+                     for g, _ in graded]
+            handins.append(cr.Handin(student, aid, "autograded", total * i / 2, total, seconds=4.0 + i,
+                                     timings={"kernel start": 1.0, "answer cells": 1.0, "test cells": 1.5,
+                                              "student code in tests": 0.5, "total": 3.6},
+                                     cases=cases, cells={g: p * i / 2 for g, p in graded}))
+    data = cr.ClassData(sorted(cells), cells, handins)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        html = cr.render(data)
+    assert not [str(w.message) for w in caught if "missing from" in str(w.message)]
+    assert html.count('src="data:image/svg+xml;base64,') == 4
+    counts = {e["grade_id"]: e["counts"] for e in cr.exercise_summary(data)}
+    assert len(counts) == len(EXERCISES)
+    assert all(c["满分"] == 1 and c["部分得分"] == 1 and c["零分"] == 1 for c in counts.values())
+
+
 def test_an_empty_course_gets_a_page_that_says_so(tmp_path):
     _copy_course(tmp_path)
     out = tmp_path / "report" / "index.html"
