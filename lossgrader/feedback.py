@@ -18,9 +18,11 @@ read must be Chinese, work without network and be safe to open:
   JavaScript and widgets, and the template cleans markdown with the same allowlist
   (``clean_html``). The grader's report in a test cell passes that allowlist unchanged. A
   Content-Security-Policy lets the page run only the scripts of its own folder.
-* **Bounded.** ``LimitPageSize`` cuts the largest outputs (then overlong sources) until the
-  page fits ``max_page_bytes`` (2 MB unless configured) and says in Chinese what was cut;
-  ``feedback()`` measures every page it writes and tightens the budget when needed.
+* **Bounded.** ``LimitPageSize`` cuts the largest outputs (then overlong sources, then
+  ungraded cells, the grader's reports last) until the page fits ``max_page_bytes``
+  (2 MB unless configured: ``c.LimitPageSize.max_page_bytes`` in nbgrader_config.py) and
+  says in Chinese what was cut; ``PageRenderer.render`` measures every page and renders it
+  again on a smaller budget when the estimate fell short.
 
 A hand-in that could not be autograded gets a page saying why (``render_failed``).
 """
@@ -378,10 +380,10 @@ def _mb(n) -> str:
 
 
 #: Rough bytes of HTML per byte of content (syntax highlighting wraps every token of code).
-_CODE_FACTOR = 6
+_CODE_FACTOR = 4
 _TEXT_FACTOR = 1.3
-_FRAME_BYTES = 60_000       # CSS, head, table of contents and per-cell markup, with margin
-_CELL_BYTES = 800
+_FRAME_BYTES = 40_000       # CSS, head, table of contents and summary, with margin
+_CELL_BYTES = 600
 _MAX_NOTES = 12             # lines of the summary at the top; the rest are counted
 _KEEP_TEXT = 5_000          # characters kept of an overlong text output or source
 
@@ -465,12 +467,14 @@ class LimitPageSize(_Preprocessor):
         def drop_ungraded_cells():
             nonlocal total
             drop = set()
-            for size, i in sorted(((cell_size(c), i) for i, c in enumerate(nb.cells)
-                                   if not c.metadata.get("nbgrader")), reverse=True):
+            # cells the hand-in added first (the assignment's own text last), largest first
+            own = lg.get("assignment_sources") or set()
+            for _, minus_size, i in sorted((c.source.strip() in own, -cell_size(c), i) for i, c in enumerate(nb.cells)
+                                           if not c.metadata.get("nbgrader")):
                 if total <= budget:
                     break
                 drop.add(i)
-                total -= size
+                total += minus_size
             if drop:
                 nb.cells = [c for i, c in enumerate(nb.cells) if i not in drop]
                 notes[:] = [note for note in notes if note[2] not in drop]     # cuts inside them: moot
@@ -530,27 +534,34 @@ class PageRenderer:
             self.exporter.register_preprocessor(import_item(name)(config=cfg), enabled=True)
         self.max_page_bytes = int(cfg.LimitPageSize.get("max_page_bytes", DEFAULT_MAX_PAGE_BYTES))
 
-    def render(self, nb_path, student, assignment, static_prefix="../../_static/", max_page_bytes=None):
-        """The page's HTML; never larger than max_page_bytes (encoded as UTF-8)."""
+    def render(self, nb_path, student, assignment, static_prefix="../../_static/", max_page_bytes=None,
+               assignment_notebook=None):
+        """The page's HTML; never larger than max_page_bytes (encoded as UTF-8).
+
+        assignment_notebook: the instructor's notebook (solutions/); its cells are the last
+        ungraded cells a page too big would leave out."""
         import nbformat
 
         limit = int(max_page_bytes or self.max_page_bytes)
         notebook = os.path.splitext(os.path.basename(nb_path))[0]
         source = nbformat.read(nb_path, as_version=4)
+        own = set()
+        if assignment_notebook and os.path.isfile(assignment_notebook):
+            own = {c.source.strip() for c in nbformat.read(assignment_notebook, as_version=4).cells}
         fraction = 1.0
         for _ in range(4):
             resources = {"unique_key": notebook,
                          "nbgrader": {"student": student, "assignment": assignment,
                                       "notebook": notebook, "db_url": self.db_url},
                          "lossgrader": {"static": static_prefix, "max_page_bytes": limit,
-                                        "budget_fraction": fraction}}
+                                        "budget_fraction": fraction, "assignment_sources": own}}
             body, _ = self.exporter.from_notebook_node(nbformat.from_dict(source), resources=resources)
             size = len(body.encode("utf-8"))
             if size <= limit:
                 return body
             fraction *= 0.9 * limit / size
-        return render_failed(assignment, student, None,
-                             f"反馈页超过了 {_mb(limit)} 的大小上限，无法显示；请向教师索取评分结果。")
+        return render_failed(assignment, student, None, f"反馈页超过了 {_mb(limit)} 的大小上限。",
+                             heading="反馈页过大", advice="你的得分已记入成绩表；详细的评分结果请向教师索取。")
 
 
 # --------------------------------------------------------------------------------------
@@ -563,14 +574,16 @@ FAILED_FEEDBACK = """<!DOCTYPE html>
 <title>{aid} 作业反馈</title>
 <style>body{{font-family:"Noto Sans CJK SC","Microsoft YaHei",sans-serif;max-width:800px;margin:2em auto;line-height:1.6;color:#1f2328;background:#fff}}
 .box{{border:1px solid #d33;background:#fff5f5;color:#1f2328;padding:1em 1.5em;border-radius:6px}}</style></head>
-<body><h1>{aid}：自动评分失败</h1>
+<body><h1>{aid}：{heading}</h1>
 <div class="box"><p>学生：<b>{student}</b></p>
 <p>得分：<b>{score_text}</b></p>
 <p>原因：{reason}</p></div>
-<p>提交的笔记本无法被自动评分，因此所有测试单元记 0 分。请检查你提交的文件是否是用 Jupyter 或 Colab
-保存的完整 <code>.ipynb</code> 笔记本，并且在“重启内核并运行全部单元”后能在合理时间内运行完毕；然后联系教师重新评分。</p>
+<p>{advice}</p>
 </body></html>
 """
+FAILED_ADVICE = ("提交的笔记本无法被自动评分，因此所有测试单元记 0 分。请检查你提交的文件是否是用 Jupyter 或 Colab "
+                 "保存的完整 <code>.ipynb</code> 笔记本，并且在“重启内核并运行全部单元”后能在合理时间内运行完毕；"
+                 "然后联系教师重新评分。")
 
 
 def reason_zh(reason):
@@ -590,11 +603,13 @@ def reason_zh(reason):
     return f"自动评分时出错。（技术细节：{reason}）"
 
 
-def render_failed(assignment, student, max_score, reason) -> str:
-    """The page of a hand-in that has no autograded notebook: 0 points and why (Chinese)."""
+def render_failed(assignment, student, max_score, reason, heading="自动评分失败", advice=FAILED_ADVICE) -> str:
+    """The page of a hand-in that has no autograded notebook: 0 of max_score and why, in
+    Chinese (reason is plain text; advice is our own HTML). max_score=None: no score shown."""
     score_text = f"0 / {_fmt(max_score)}" if max_score is not None else "见成绩表"
     return FAILED_FEEDBACK.format(aid=html.escape(str(assignment)), student=html.escape(str(student)),
-                                  score_text=html.escape(score_text), reason=html.escape(str(reason)))
+                                  score_text=html.escape(score_text), reason=html.escape(str(reason)),
+                                  heading=html.escape(heading), advice=advice)
 
 
 # --------------------------------------------------------------------------------------
@@ -700,7 +715,8 @@ def feedback(root, only_assignments=None, only_students=None, progress=True, str
             else:
                 renderer = renderer or PageRenderer(cfg, db_url)
                 try:
-                    page = renderer.render(nb_path, student, aid, prefix, max_page_bytes)
+                    page = renderer.render(nb_path, student, aid, prefix, max_page_bytes,
+                                           assignment_notebook=os.path.join(source, name + ".ipynb"))
                 except Exception as exc:
                     raise RuntimeError(f"feedback for {student}/{aid}/{name} failed: "
                                        f"{exc.__class__.__name__}: {exc}") from exc
