@@ -198,10 +198,9 @@ class Exercise:
             diff = compare(g, e, dtype, self.tol, case.subgrad.get(i))
             if diff:
                 what = f"对第 {i + 1} 个输入的梯度"
+                cause, hint = gradient_cause(diff, case, what, case.subgrad.get(i))
                 if not bool(torch.isfinite(g).all()):
-                    cause, hint = gradient_cause(diff, case, what)
                     raise CaseFailure("fail", f"{prefix}{what}含有 NaN 或 Inf：{cause}。", hint)
-                cause, hint = gradient_cause(diff, case, what)
                 cause = f"{cause}。" if cause else ""
                 raise CaseFailure("fail", f"{prefix}损失值正确，但{what}不对：{cause}{diff}", hint)
 
@@ -295,7 +294,7 @@ class GradExercise(Exercise):
         if diff:
             if not bool(torch.isfinite(got).all()):
                 raise nonfinite_failure(case)
-            cause, hint = gradient_cause(diff, case)
+            cause, hint = gradient_cause(diff, case, subgrad=case.subgrad.get(0))
             cause = f"{cause}。" if cause else ""
             raise CaseFailure("fail", f"梯度值不对：{cause}{diff}", fallback=hint)
 

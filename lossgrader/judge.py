@@ -268,7 +268,7 @@ def _factor_name(c: float, shape) -> Optional[tuple]:
             "值正确而梯度差一个常数倍：检查缩放是否放在了 .detach() 的量里，或者手写的梯度少了某个常数。")
 
 
-def gradient_cause(mismatch, case=None, what="梯度") -> tuple:
+def gradient_cause(mismatch, case=None, what="梯度", subgrad=None) -> tuple:
     """(sentence, hint) naming the cause of a wrong gradient from the way it differs:
     NaN at a point, all zeros (cut off from the graph), a near miss (an epsilon), a constant
     factor (sum vs mean, 1/n, 2, sign), only at non-differentiable points, or other."""
@@ -288,7 +288,6 @@ def gradient_cause(mismatch, case=None, what="梯度") -> tuple:
                 "请全程使用 torch 运算。")
     if mismatch.near:
         return ("误差非常小", EPSILON_HINT)
-    sub = getattr(case, "subgrad", None) if case is not None else None
     top = float(e.abs().max()) if e.numel() else 0.0
     big = e.abs() > 1e-3 * top if top > 0 else torch.zeros_like(bad)
     if big.any():
@@ -299,12 +298,11 @@ def gradient_cause(mismatch, case=None, what="梯度") -> tuple:
             if named:
                 return named
     n_bad, n = int(bad.sum()), bad.numel()
+    if subgrad is not None and subgrad.mask.shape == bad.shape and not bool((bad & ~subgrad.mask).any()):
+        return (f"只在不可导点上不对（{n_bad}/{n} 个元素）",
+                "在不可导点（残差为 0、两点重合等）上，你的次梯度超出了有效范围：例如 |r| 在 0 处的导数可取 [−1, 1] "
+                "中的任意值（torch.sign 取 0，torch.where 取 ±1 都可以），但不能更大。")
     if n > 1 and n_bad <= max(1, n // 4):
-        if case is not None and isinstance(sub, dict):
-            masks = [s.mask for s in sub.values() if s.mask.shape == bad.shape]
-            if masks and bool((bad & ~masks[0]).sum() == 0):
-                return (f"只在不可导点上不对（{n_bad}/{n} 个元素）",
-                        "在不可导点（残差为 0、两点重合等）上，你的次梯度超出了有效范围：例如 |r| 在 0 处的次梯度必须在 [−1, 1] 之内。")
         if case is not None and "edge" in getattr(case, "tags", ()):
             return (f"只在个别元素上不对（{n_bad}/{n}），本用例含不可导点",
                     "在不可导点（残差为 0、|r| = δ、两点重合、hinge 的拐点）处应取有效的次梯度；"
