@@ -6,25 +6,26 @@ The coordinator is the only process that opens the gradebook or writes course fi
    gradebook is unreadable (never overwriting it), registers the assignments and backs
    the gradebook up (``.lossgrader/backups/``);
 2. it builds one task per hand-in, plain data (the hand-in's bytes, what was released,
-   the options), and hands the tasks to an executor (the local pool: ``-j N`` threads,
-   each driving one sandboxed kernel at a time);
+   the options), and hands the tasks to an executor (``lossgrader.executors``: the local
+   pool, ``-j N`` threads each driving one sandboxed kernel at a time, or a Dask cluster);
 3. for each result, as it arrives: a hand-in whose grading failed for the grader's own
-   reasons is graded once more, then recorded as 0 with its reason; the result is written
+   reasons (including a worker that died, or a task that gave no result within the
+   hand-in's limit plus a margin) is graded once more, then recorded as 0 with its
+   reason; the result is written
    in one gradebook transaction, its autograded notebook into ``autograded/`` and its
    status into ``lossgrader-status.json``.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import datetime
 import os
 import shutil
 import sys
 import time
 
-from . import course, gradebook
+from . import course, executors, gradebook
 from .results import HandinResult
-from .worker import DEFAULT_TIMEOUT, grade_handin
+from .worker import DEFAULT_TIMEOUT
 
 RETRIED = ("grading failed:",)   # reasons that are the grader's fault: worth a second try
 UNSAFE_WARNING = ("WARNING: --no-sandbox: student code runs with YOUR permissions, unconfined: it can read, "
@@ -119,8 +120,12 @@ class Progress:
 
 def autograde(root, only_assignments=None, only_students=None, cell_timeout=None,
               submission_timeout=DEFAULT_TIMEOUT, progress=True, stream=None, jobs=1,
-              sandbox=True, limits=None, device=None, quiet=False):
-    """Grade every hand-in in submitted/ (or the selected ones); returns {(student, aid): status entry}."""
+              sandbox=True, limits=None, device=None, quiet=False, dask=None, hang_margin=None):
+    """Grade every hand-in in submitted/ (or the selected ones); returns {(student, aid): status entry}.
+
+    ``jobs``: threads of the local pool; ``dask``: grade on Dask instead (``local[:N]``,
+    ``tcp://HOST:PORT`` or a scheduler file, see lossgrader.executors); ``hang_margin``:
+    seconds past ``submission_timeout`` before a task that gave no result is abandoned."""
     import torch
 
     stream = stream or sys.stderr
@@ -142,38 +147,69 @@ def autograde(root, only_assignments=None, only_students=None, cell_timeout=None
                "hide": [os.path.abspath(root)]}
     torch.set_num_threads(1)
     status = course.read_status(root)
+    executor = executors.open_executor(dask, jobs=min(jobs, len(pairs) or 1), sandbox=sandbox)
     bar = Progress(len(pairs), stream, quiet=quiet or not progress)
     results = {}
 
-    def run(pair):
-        t0 = time.monotonic()
-        task = make_task(root, pair[0], pair[1], released[pair[1]], options)
-        result = grade_handin(task)
-        if result.status != "graded" and result.reason.startswith(RETRIED):
-            retry = grade_handin(task)
-            retry.attempts = 2
-            result = retry
-        return result, time.monotonic() - t0
+    def failure(student, aid, reason, attempts):
+        return HandinResult.failure(student, aid, reason[:300], _max_scores(released[aid]), attempts=attempts)
+
+    limit = float(submission_timeout) + (executors.HANG_MARGIN if hang_margin is None else float(hang_margin))
+    queue = list(pairs)
+    in_flight = {}   # executor handle -> {"pair", "task", "attempt", "t0"}
+
+    def submit(pair, task=None, attempt=1, t0=None):
+        task = task or make_task(root, pair[0], pair[1], released[pair[1]], options)
+        handle = executor.submit(task)
+        in_flight[handle] = {"pair": pair, "task": task, "attempt": attempt, "t0": t0 or time.monotonic()}
+
+    def finish(job, result, reason):
+        """Record the hand-in, or grade it once more when this try failed for the grader's reasons."""
+        student, aid = job["pair"]
+        if result is None or (result.status != "graded" and result.reason.startswith(RETRIED)):
+            if job["attempt"] < 2:
+                submit(job["pair"], job["task"], job["attempt"] + 1, job["t0"])
+                return
+            if result is None:
+                result = failure(student, aid, reason, job["attempt"])
+        result.attempts = job["attempt"]
+        seconds = time.monotonic() - job["t0"]
+        record(root, result, status, seconds, url)
+        results[(student, aid)] = status[f"{student}/{aid}"]
+        bar.step(result, seconds)
 
     try:
-        with concurrent.futures.ThreadPoolExecutor(max(1, min(jobs, len(pairs) or 1))) as pool:
-            futures = {pool.submit(run, pair): pair for pair in pairs}
-            for future in concurrent.futures.as_completed(futures):
-                student, aid = futures[future]
+        while queue or in_flight:
+            while queue and len(in_flight) < executor.capacity():
+                submit(queue.pop(0))
+            for handle in executor.wait(list(in_flight), timeout=1.0):
+                job = in_flight.pop(handle, None)
+                if job is None:          # a task given up on before it came back
+                    continue
                 try:
-                    result, seconds = future.result()
+                    result, reason = executor.outcome(handle), ""
+                except executors.WorkerDied as exc:
+                    result, reason = None, f"grading failed: worker process died while grading ({exc})"
                 except Exception as exc:  # never lose the batch over one hand-in
-                    result = HandinResult.failure(student, aid, f"grading failed: {exc}"[:300],
-                                                  {c["name"]: c["points"] for nb in released[aid]["notebooks"].values()
-                                                   for c in nb["cells"] if c["points"] is not None
-                                                   and c["kind"] in ("grade", "grade+solution")})
-                    seconds = 0.0
-                record(root, result, status, seconds, url)
-                results[(student, aid)] = status[f"{student}/{aid}"]
-                bar.step(result, seconds)
+                    result, reason = None, f"grading failed: {exc.__class__.__name__}: {exc}"
+                finish(job, result, reason)
+            now = time.monotonic()
+            for handle, job in list(in_flight.items()):
+                started = executor.started(handle)
+                if started is not None and now - started > limit:
+                    del in_flight[handle]
+                    executor.abandon(handle)
+                    finish(job, None, f"grading failed: time limit exceeded: no result within {limit:.0f} s "
+                                      "(the hand-in's limit plus a margin); the task was abandoned")
     finally:
         bar.close()
+        executor.close()
     return results
+
+
+def _max_scores(released) -> dict:
+    return {c["name"]: c["points"] for nb in released["notebooks"].values() for c in nb["cells"]
+            if c["points"] is not None and c["kind"] in ("grade", "grade+solution")}
 
 
 def record(root, result: HandinResult, status: dict, seconds: float, url=None) -> None:
