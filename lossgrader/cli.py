@@ -1,10 +1,11 @@
 """``lossgrader``: the instructor's commands, one per step (see docs/instructor.md).
 
     lossgrader generate [ASSIGNMENT...]     student notebooks -> exercises/, assignments -> gradebook
-    lossgrader collect DIR                  hand-ins -> submitted/<student>/<assignment>/
+    lossgrader collect SRC                  hand-ins (folder or zip, nbgrader/Canvas/Moodle) -> submitted/
     lossgrader autograde [ASSIGNMENT...]    run the tests of every submission (0 + reason when impossible)
     lossgrader feedback [ASSIGNMENT...]     feedback/<student>/<assignment>/<assignment>.html
     lossgrader export [--to grades.csv]     grades CSV (score, max_score, status, reason) and a table
+                     [--format canvas|moodle]   or a CSV the platform's gradebook import accepts
     lossgrader report [--to report/index.html]  class report: score distributions, typical mistakes, failures, times
     lossgrader restore [BACKUP]             bring back a gradebook backup (.lossgrader/backups/)
     lossgrader demo                         all of the above on the sample class in samples/submitted/
