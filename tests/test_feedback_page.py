@@ -23,7 +23,6 @@ import nbformat
 import pytest
 
 pytest.importorskip("nbgrader")
-pytest.importorskip("nh3")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
