@@ -261,15 +261,16 @@ def _server_error(url, exc):
 
     detail = getattr(exc, "orig", None) if isinstance(exc, sa_exc.DBAPIError) else None
     text = " ".join(str(detail or exc).split()) or exc.__class__.__name__
+    text = text if text.endswith((".", "?", "!")) else text + "."
     if isinstance(exc, (sa_exc.NoSuchModuleError, ImportError)):
-        hint = (" The database driver is missing: pip install 'psycopg[binary]' and write the URL as "
-                + SERVER_URL_EXAMPLE + ".")
-    elif isinstance(exc, sa_exc.ArgumentError):
+        hint = (" The database driver the URL names is not installed (for PostgreSQL: pip install "
+                f"'psycopg[binary]' and a URL {SERVER_URL_EXAMPLE}).")
+    elif isinstance(exc, (sa_exc.ArgumentError, ValueError)):      # unparseable URL, port not a number
         hint = f" Check CourseDirectory.db_url in nbgrader_config.py (for PostgreSQL: {SERVER_URL_EXAMPLE})."
     else:
         hint = (" Check that the server runs and accepts this user and database from this machine, and "
                 "CourseDirectory.db_url in nbgrader_config.py.")
-    return GradebookError(f"The gradebook database {_safe_url(url)} cannot be used: {text}.{hint} "
+    return GradebookError(f"The gradebook database {_safe_url(url)} cannot be used: {text}{hint} "
                           "lossgrader has not changed anything.")
 
 
@@ -317,8 +318,8 @@ def _safe_url(url):
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "(database URL)"
+    except Exception:                           # unparseable: as written, any password masked
+        return repr(re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", str(url)))
 
 
 # --------------------------------------------------------------------------------------

@@ -290,9 +290,11 @@ def test_a_database_of_something_else_is_refused(server, tmp_path):
     (lambda srv: f"postgresql+psycopg://postgres@127.0.0.1:{pgserver._free_port()}/course",
      ["cannot be used", "127.0.0.1", "Check that the server runs"]),
     (lambda srv: srv.url("no_such_database"), ["cannot be used", "no_such_database", "does not exist"]),
-    (lambda srv: "postgresql+psycopg://this is not a URL", ["cannot be used", "CourseDirectory.db_url"]),
+    (lambda srv: "postgresql+psycopg://u:secret@127.0.0.1:notaport/x",
+     ["cannot be used", "CourseDirectory.db_url", "u:***@127.0.0.1:notaport"]),
+    (lambda srv: "this is not a URL", ["cannot be used", "'this is not a URL'", "CourseDirectory.db_url"]),
     (lambda srv: "postgresql+nodriver://u@127.0.0.1/x", ["cannot be used", "driver"]),
-], ids=["nothing-listening", "no-such-database", "garbage", "unknown-driver"])
+], ids=["nothing-listening", "no-such-database", "bad-port", "garbage", "unknown-driver"])
 def test_an_unusable_url_is_a_clear_error_and_writes_nothing(server, tmp_path, capsys, make_url, words):
     url = make_url(server)
     root = _course(str(tmp_path / "c"), url)
@@ -303,7 +305,7 @@ def test_an_unusable_url_is_a_clear_error_and_writes_nothing(server, tmp_path, c
     assert message.startswith("lossgrader autograde: The gradebook database ")
     for word in words:
         assert word in message, message
-    assert "lossgrader has not changed anything" in message
+    assert "lossgrader has not changed anything" in message and "secret" not in message
     assert _files(root) == before                       # no status file, backups, autograded/, logs
     for reader in (gradebook.grade_rows, gradebook.registered_assignments, export):
         with pytest.raises(gradebook.GradebookError, match="cannot be used"):
@@ -311,3 +313,34 @@ def test_an_unusable_url_is_a_clear_error_and_writes_nothing(server, tmp_path, c
     assert cli_main(["--course", root, "export"]) == 2
     assert capsys.readouterr().err.startswith("lossgrader export: The gradebook database ")
     assert _files(root) == before
+
+
+def test_student_code_cannot_reach_the_gradebook_server(server, tmp_path):
+    """The hand-in's sandbox has no network and no view of /tmp: the database server that
+    the coordinator writes to is out of reach, by TCP and by its unix socket."""
+    from lossgrader import sandbox
+
+    if sandbox.bwrap_problem():
+        pytest.skip(sandbox.bwrap_problem())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    code = (
+        "import psycopg, sys\n"
+        "for kw in (dict(host='127.0.0.1', port=%d), dict(host=%r, port=%d)):\n"
+        "    try:\n"
+        "        psycopg.connect(user='postgres', dbname='course', connect_timeout=3, **kw).close()\n"
+        "        print('CONNECTED', kw)\n"
+        "    except psycopg.OperationalError as exc:\n"
+        "        print('BLOCKED', ' '.join(str(exc).split())[:200])\n"
+    ) % (server.port, server.folder, server.port)
+    sb = sandbox.Sandbox(str(scratch))
+    try:
+        run = sb.run([sys.executable, "-c", code], timeout=60)
+    finally:
+        sb.kill()
+    out = run.stdout.decode()
+    assert run.returncode == 0, run.stderr.decode()
+    assert out.count("BLOCKED") == 2 and "CONNECTED" not in out, out
+    # the same code outside the sandbox connects both ways (so the check above can fail)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.count("CONNECTED") == 2, proc.stdout + proc.stderr
