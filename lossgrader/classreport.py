@@ -385,11 +385,18 @@ def _phase_order(phases) -> list:
 
 def timing_summary(data: ClassData) -> dict:
     """Time per hand-in: per assignment (n, mean, median, max seconds, mean of each
-    segment), every phase the workers recorded (mean seconds), the slowest hand-ins."""
+    segment), every phase the workers recorded (mean seconds), the slowest hand-ins.
+
+    The statistics and the figure cover the graded hand-ins: one that failed to grade
+    (a hang killed at the time limit, a worker that died) took the time it took for a
+    reason of its own, and has no phases to split: those are counted apart (the part
+    "failed hand-ins" lists them with their seconds)."""
     timed = [h for h in data.handins if h.handed_in and h.seconds is not None]
+    graded = [h for h in timed if h.status != "failed"]
+    failed = [h for h in timed if h.status == "failed"]
     per_assignment = []
     for aid in data.assignments:
-        rows = [h for h in timed if h.assignment == aid]
+        rows = [h for h in graded if h.assignment == aid]
         if not rows:
             continue
         secs = [h.seconds for h in rows]
@@ -398,13 +405,15 @@ def timing_summary(data: ClassData) -> dict:
             "assignment": aid, "n": len(rows), "mean": _mean(secs), "median": _median(secs),
             "max": max(secs), "segments": {name: _mean([s[name] for s in segs]) for name, _ in SEGMENTS}})
     phases = collections.defaultdict(list)
-    for h in timed:
+    for h in graded:
         for phase, seconds in h.timings.items():
             phases[phase].append(seconds)
     phase_rows = [{"phase": p, "name": PHASE_NAMES.get(p, p), "mean": _mean(phases[p]),
                    "max": max(phases[p]), "n": len(phases[p])} for p in _phase_order(phases)]
-    slowest = sorted(timed, key=lambda h: -h.seconds)[:10]
+    slowest = sorted(graded, key=lambda h: -h.seconds)[:10]
     return {"count": len(timed), "total": sum(h.seconds for h in timed),
+            "graded": len(graded), "seconds": [h.seconds for h in graded],
+            "failed": len(failed), "failed_total": sum(h.seconds for h in failed),
             "per_assignment": per_assignment, "phases": phase_rows,
             "slowest": [{"student": h.student, "assignment": h.assignment, "seconds": h.seconds,
                          "status": h.status, "attempts": h.attempts,
@@ -440,8 +449,8 @@ def _figures(data, summary, exercises, named, timing) -> dict:
             figures["exercises"] = _svg(_fig_exercises(exercises))
         if named:
             figures["mistakes"] = _svg(_fig_mistakes(named[:FIGURE_MISTAKES]))
-        if timing["count"]:
-            figures["times"] = _svg(_fig_times(data, timing))
+        if timing["graded"]:
+            figures["times"] = _svg(_fig_times(timing))
     return figures
 
 
@@ -520,13 +529,13 @@ def _fig_mistakes(named):
     return fig
 
 
-def _fig_times(data, timing):
-    """Left: seconds per hand-in (histogram); right: the mean hand-in of each assignment,
-    split into where its time went."""
+def _fig_times(timing):
+    """Left: seconds per graded hand-in (histogram); right: the mean hand-in of each
+    assignment, split into where its time went."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    seconds = [h.seconds for h in data.handins if h.handed_in and h.seconds is not None]
+    seconds = timing["seconds"]
     per = timing["per_assignment"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11.0, 3.8), gridspec_kw={"width_ratios": [1, 1.4]})
     left.hist(seconds, bins=min(20, max(5, len(seconds) // 3)), color="#4c72b0", edgecolor="white")
