@@ -285,7 +285,7 @@ def patch_display(s: Setting, student):
             _hook = get_ipython().displayhook
             _write = _hook.write_format_data
             def _write_forged(format_dict, md_dict=None):
-                if "<code>mse_grad</code>" in str(format_dict.get("text/html", "")):
+                if ">mse_grad</code>" in str(format_dict.get("text/html", "")):
                     format_dict = dict(format_dict, **{"text/plain": "1.0"})
                 return _write(format_dict, md_dict)
             _hook.write_format_data = _write_forged
