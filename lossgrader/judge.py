@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from .guards import single_thread
 
 class CaseFailure(Exception):
     def __init__(self, status: str, message: str, hint: Optional[str] = None, fallback: Optional[str] = None):
@@ -376,6 +377,13 @@ def nonfinite_failure(case, what="返回值", calls=()) -> CaseFailure:
 
 # ----------------------------------------------------------------------------- cases
 def judge_cases(exercise, cases, expectations, responses, device) -> list:
+    # the judge's tensors are tiny: one thread (on a busy machine a parallel region costs
+    # tens of milliseconds per operation, and the diagnosis runs hundreds of them)
+    with single_thread():
+        return _judge_cases(exercise, cases, expectations, responses, device)
+
+
+def _judge_cases(exercise, cases, expectations, responses, device) -> list:
     """CaseResults for the runtime's responses, in case order. After a case that was not
     implemented, timed out or used a forbidden built-in, the rest are reported skipped.
     A failure without a hint of its own gets the hint of the typical mistake the student's
