@@ -54,12 +54,32 @@ HEADINGS = ["概览", "各次作业的得分分布", "各练习的得分分布",
 HUBER_HINT = "线性部分缺少 −0.5·δ²：两段在 |r| = δ 处不连续。"
 
 
-def _copy_course(dest: Path):
+def _copy_course(dest: Path, assignments=ASSIGNMENTS, db_url=None):
     for name in ("nbgrader_config.py", "_config.yml"):
         shutil.copy2(ROOT / name, dest / name)
+    if db_url is not None:
+        with open(dest / "nbgrader_config.py", "a", encoding="utf-8") as fh:
+            fh.write(f"\nc.CourseDirectory.db_url = {db_url!r}\n")
     shutil.copytree(ROOT / "tools", dest / "tools", ignore=shutil.ignore_patterns("__pycache__"))
-    for aid in ASSIGNMENTS:
+    for aid in assignments:
         shutil.copytree(ROOT / "solutions" / aid, dest / "solutions" / aid)
+
+
+def _record_demo_class(root: Path, assignments=ASSIGNMENTS) -> dict:
+    """Register the assignments and write the recorded hand-ins back as the coordinator
+    does (gradebook rows, status file); returns the status entries."""
+    assert G.register(str(root), list(assignments)) == list(assignments)
+    data = json.loads(DATA.read_text(encoding="utf-8"))
+    url = G.db_url(str(root))
+    status = {}
+    for key, entry in data["status"].items():
+        student, aid = key.split("/")
+        if aid in assignments:
+            G.write_result(url, HandinResult(student, aid, scores=data["cells"][key],
+                                             max_scores=_points(root, aid)))
+            status[key] = entry
+    course_mod.write_status(str(root), status)
+    return status
 
 
 def _points(root, aid):
@@ -71,13 +91,8 @@ def _points(root, aid):
 def course(tmp_path_factory):
     root = tmp_path_factory.mktemp("class_report_course")
     _copy_course(root)
-    assert G.register(str(root), list(ASSIGNMENTS)) == list(ASSIGNMENTS)
-    data = json.loads(DATA.read_text(encoding="utf-8"))
+    status = _record_demo_class(root)
     url = G.db_url(str(root))
-    status = dict(data["status"])
-    for key, entry in data["status"].items():
-        student, aid = key.split("/")
-        G.write_result(url, HandinResult(student, aid, scores=data["cells"][key], max_scores=_points(root, aid)))
     # the attacker: 02 could not be graded (reason with script), 03 graded with a hostile hint
     points = _points(root, "02_regression")
     G.write_result(url, HandinResult.failure(EVIL_ID, "02_regression", EVIL_REASON, points))
@@ -298,3 +313,32 @@ def test_report_in_an_offline_browser(page, tmp_path_factory):
     for text in (EVIL_ID, EVIL_REASON, HUBER_HINT, "demo_unfinished", "评分超过了整份作业的时间限制"):
         assert text in found["text"]
     assert (shots / "class_report.png").stat().st_size > 50_000
+
+
+def test_the_report_reads_a_postgresql_gradebook(tmp_path):
+    """db_url pointing at a real PostgreSQL server (Debian's postgresql, tests/pgserver.py)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import pgserver
+
+    if pgserver.find_binaries() is None:
+        pytest.skip(pgserver.MISSING)
+    server = pgserver.PostgresServer().start()
+    try:
+        root = tmp_path / "course"
+        root.mkdir()
+        _copy_course(root, ("02_regression",), db_url=server.create_database("report"))
+        _record_demo_class(root, ("02_regression",))
+        out = tmp_path / "report.html"
+        assert main(["--course", str(root), "report", "--to", str(out)]) == 0
+        assert not (root / "gradebook.db").exists()
+        data = cr.gather(str(root))
+    finally:
+        G.dispose_engines()
+        server.stop()
+    summary = cr.assignment_summary(data)
+    assert [(s["assignment"], s["handed_in"], s["full"]) for s in summary] == [("02_regression", 3, 1)]
+    assert summary[0]["mean"] == pytest.approx((6 + 3 + 2.1547) / 3)
+    huber = next(e for e in cr.exercise_summary(data) if e["grade_id"] == "test_huber")
+    assert huber["counts"] == {"满分": 1, "部分得分": 0, "零分": 1, "未完成": 1, "评分失败": 0}
+    html = out.read_text(encoding="utf-8")
+    assert HUBER_HINT in html and html.count('src="data:image/svg+xml;base64,') == 4
