@@ -468,6 +468,11 @@ PREPARE_BOOK_JS = r"""
   });
   toc.append(list);
   article.prepend(cover, toc);
+  // Code cells, outputs and tables are kept on one page (lossbook.css, the theme); a tall
+  // one that does not fit would leave most of a page blank, so those may break.
+  article.querySelectorAll("div.cell_input, div.cell_output, table").forEach((box) => {
+    if (box.getBoundingClientRect().height > 400) box.classList.add("lossbook-may-break");
+  });
 
   // Chinese text in the course's own font (served at /lossbook-cjk.ttf, CJK code points
   // only), ahead of the theme's font stacks; Latin text keeps the theme's fonts.
@@ -497,6 +502,7 @@ PREPARE_BOOK_JS = r"""
       .lossbook-toc li.lossbook-toc-l2 { padding-left: 2em; font-size: 0.92em; }
       .lossbook-toc a { color: inherit; text-decoration: none; }
       article div.toctree-wrapper > section { break-before: page; }
+      .lossbook-may-break { break-inside: auto !important; }
       article h1, article h2, article h3 { break-after: avoid; }
       /* The theme prints the page title in its own print header and hides the article's
          h1; this book has its cover instead, and the h1 is the preface's title. */
