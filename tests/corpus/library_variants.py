@@ -466,6 +466,18 @@ def iou_smp(logits, target, smooth=1.0):
     return ((1 - score) * (oh.sum((0, 2)) > 0).to(logits.dtype)).mean()
 
 
+# With one sample and no smoothing (a hidden case) per-sample and global IoU coincide.
+@impl("iou", "per-sample soft IoU over (C, H, W) with eps=1e-8, averaged over the batch (kornia-style reduction)",
+      fails=("(N, C)=", "(N, C, H, W)", "(N, C, L)", "非连续"), expect="逐样本的 IoU")
+def iou_per_sample(logits, target, smooth=1.0):
+    p = torch.softmax(logits, 1)
+    oh = _onehot_nc(logits, target)
+    dims = tuple(range(1, logits.dim()))
+    inter = (p * oh).sum(dims)
+    union = (p + oh).sum(dims) - inter
+    return (1 - inter / (union + 1e-8)).mean()
+
+
 @impl("iou", "global soft IoU with union + 1e-6 (the issue's 'union + 1e-6' report)")
 def iou_union_eps(logits, target, smooth=1.0):
     p = torch.softmax(logits, 1)
@@ -524,6 +536,14 @@ def box_iou_mmdet_linear(pred_boxes, target_boxes):
 def box_iou_mmdet_log(pred_boxes, target_boxes):
     inter, union = _inter_union(pred_boxes, target_boxes)
     return -(inter / union).clamp(min=1e-6).log().mean()
+
+
+@impl("box_iou", "mmdetection 2.x IoULoss(mode='square'): 1 − IoU²",
+      fails=("N=6", "N=5 float64", "不相交", "N=32", "一个框包含另一个"), expect="1 − IoU² 损失")
+def box_iou_mmdet_square(pred_boxes, target_boxes):
+    inter, union = _inter_union(pred_boxes, target_boxes)
+    ious = (inter / union.clamp(min=1e-6)).clamp(min=1e-6)
+    return (1 - ious ** 2).mean()
 
 
 @impl("box_iou", "torchvision 0.15 ops/diou_loss.py distance_box_iou_loss (eps=1e-7), mean",
