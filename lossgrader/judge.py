@@ -367,7 +367,8 @@ def nonfinite_failure(case, what="返回值", calls=()) -> CaseFailure:
                            "请直接在对数空间计算 log_softmax(x) = (x − max) − log Σ exp(x − max)，不要写 log(softmax(x))。")
     if "large" in case.tags:
         return CaseFailure("fail", f"{what}含有 NaN 或 Inf：数值不稳定（本用例的输入数值很大或概率接近 0/1）。",
-                           "对大 logits 直接求 exp 会溢出：使用 log-sum-exp 技巧（先减去最大值），或 log1p(exp(-|x|)) 这样的稳定形式。")
+                           "对大 logits 直接求 exp 会溢出：使用 log-sum-exp 技巧（先减去最大值），或 log1p(exp(-|x|)) 这样的稳定形式；"
+                           "也不要先算 softmax / sigmoid 再取 log（概率会下溢为 0），直接在对数空间计算。")
     if "edge" in case.tags:
         return CaseFailure("fail", f"{what}含有 NaN 或 Inf（本用例处于不可导点，例如两点重合、残差为 0）。",
                            "在不可导点应返回一个有效的次梯度，而不是 NaN：例如距离用 torch.linalg.vector_norm / .norm()，"
