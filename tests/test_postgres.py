@@ -284,6 +284,30 @@ def test_readers_run_read_only_transactions(graded):
     assert gradebook.submission_scores(graded["url"], A, "demo_full") is not None
 
 
+def test_a_write_waits_for_another_writer(graded, server):
+    """Each write transaction takes the writer's advisory lock: while another session holds
+    it (a second coordinator of the course), the write waits, then goes through."""
+    import threading
+
+    import psycopg
+
+    url, student = graded["url"], "demo_full"
+    expected = gradebook.submission_scores(url, A, student)
+    result = HandinResult(student=student, assignment=A, status="graded", scores=expected[2])
+    done = []
+    writer = threading.Thread(target=lambda: done.append(gradebook.write_result(url, result) or True))
+    with psycopg.connect(host="127.0.0.1", port=server.port, user="postgres", dbname="course") as other:
+        other.execute("SELECT pg_advisory_xact_lock(%s)", (gradebook.WRITER_LOCK,))
+        writer.start()
+        writer.join(3)
+        assert writer.is_alive() and not done            # waiting for the lock
+        waiting = server.query("course", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        assert waiting == [(1,)]
+    writer.join(30)                                      # the other transaction ended: the write goes on
+    assert done == [True]
+    assert _same(gradebook.submission_scores(url, A, student), expected)
+
+
 def test_a_new_database_is_a_new_course(server, tmp_path):
     url = server.create_database("fresh")
     root = _course(str(tmp_path / "c"), url)
