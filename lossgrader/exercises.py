@@ -70,13 +70,14 @@ class Mistake:
     on every case where it differs from the reference."""
     hint: str
     fn: Callable
+    source: str = ""                # a library variant: whose convention it is
 
 
 def Variant(name: str, source: str, expects: str, fn: Callable) -> Mistake:
     """A convention a public library really uses that is not the course's formula: the
     student is told which function they wrote, whose convention it is and what the course
     expects instead (it is a different function, so it still loses the cases where it differs)."""
-    return Mistake(f"你实现的是{name}（{source} 的约定），这是另一种损失；本课程的公式要求{expects}。", fn)
+    return Mistake(f"你实现的是{name}（{source} 的约定），这是另一种损失；本课程的公式要求{expects}。", fn, source)
 
 
 AUTOGRAD = Forbidden("自动求导（.backward() / torch.autograd.grad）", (torch.Tensor.backward, torch.autograd.grad))

@@ -59,3 +59,22 @@ def test_library_implementation_verdict(item, capfd):
             wrong.append(f"{'passed' if r.passed else 'failed'}: {r.name} {r.message}")
     assert not wrong, f"{item.id}: cases with the wrong verdict:\n" + "\n".join(wrong)
     assert item.expect in feedback(report), f"{item.id}: feedback lacks {item.expect!r}:\n{report}"
+
+
+def test_every_named_variant_is_exercised_by_the_corpus():
+    """Each library variant the grader names has an implementation in the corpus whose
+    expected feedback is (part of) that variant's hint, for the exercise or its module twin."""
+    expects = collections.defaultdict(set)
+    for i in IMPLS:
+        expects[i.exercise].add(i.expect)
+    missing = []
+    for ex in EXERCISES.values():
+        for mistake in ex.mistakes:
+            if not mistake.source:
+                continue
+            base = ex.id.removesuffix("_module")
+            twins = {ex.id, base, base + "_ce"}      # dice_module -> dice, label_smoothing_module -> label_smoothing_ce
+            if not any(e and e in mistake.hint for t in twins for e in expects.get(t, ())):
+                missing.append(f"{ex.id}: {mistake.hint[:60]}")
+    assert not missing, "variants without a corpus implementation:\n" + "\n".join(missing)
+

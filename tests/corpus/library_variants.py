@@ -296,6 +296,14 @@ def focal_kornia05(logits, target, alpha=1.0, gamma=2.0):
     return loss_tmp.mean()
 
 
+@impl("focal", "one-hot focal map (N, C) reduced with .mean() over all N·C entries (kornia 0.7 reduction='none' then .mean())",
+      fails=ALL, expect="对 N·C 个元素取平均的 focal loss")
+def focal_nc_mean(logits, target, alpha=1.0, gamma=2.0):
+    log_p = F.log_softmax(logits, dim=1)
+    one_hot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
+    return (one_hot * (-alpha * (1 - log_p.exp()) ** gamma * log_p)).mean()
+
+
 @impl("sigmoid_focal", "mmdetection 2.x py_sigmoid_focal_loss: α·t + (1 − α)(1 − t) always applied",
       fails=("α=−1",), expect="alpha < 0 表示不使用 α_t 加权")
 def sfocal_mmdet(logits, target, alpha=0.25, gamma=2.0):
