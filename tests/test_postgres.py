@@ -30,6 +30,8 @@ from lossgrader.results import HandinResult  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 A = "02_regression"
 STUDENTS = ("demo_full", "demo_bugs")
+BROKEN = "x_broken"                 # a hand-in that is not a notebook: an explicit 0 and a failed page
+HANDINS = STUDENTS + (BROKEN,)
 CELL_TIMEOUT = 60
 
 if pgserver.find_binaries() is None:
@@ -66,6 +68,9 @@ def _course(root, url=None):
     for student in STUDENTS:
         shutil.copytree(os.path.join(ROOT, "samples", "submitted", student, A),
                         os.path.join(root, "submitted", student, A))
+    os.makedirs(os.path.join(root, "submitted", BROKEN, A))
+    with open(os.path.join(root, "submitted", BROKEN, A, A + ".ipynb"), "w", encoding="utf-8") as fh:
+        fh.write('{"cells": [')
     return root
 
 
@@ -74,7 +79,7 @@ def _grade(root):
 
 
 def _cells(root):
-    return {s: gradebook.submission_scores(gradebook.db_url(root), A, s) for s in STUDENTS}
+    return {s: gradebook.submission_scores(gradebook.db_url(root), A, s) for s in HANDINS}
 
 
 def _same(found, expected):
@@ -105,20 +110,21 @@ def test_the_course_uses_the_server_and_no_sqlite_file(graded, server):
     assert gradebook.db_url(graded["pg"]) == graded["url"]
     assert not os.path.exists(os.path.join(graded["pg"], "gradebook.db"))
     rows = server.query("course", "SELECT student_id FROM submitted_assignment ORDER BY student_id")
-    assert [r[0] for r in rows] == sorted(STUDENTS)
+    assert [r[0] for r in rows] == sorted(HANDINS)
 
 
 def test_grades_are_those_of_the_sqlite_run(graded):
     sqlite_cells, pg_cells = _cells(graded["sqlite"]), _cells(graded["pg"])
-    for student in STUDENTS:
+    for student in HANDINS:
         assert pg_cells[student] is not None
         assert _same(pg_cells[student], sqlite_cells[student]), student
     full, bugs = pg_cells["demo_full"], pg_cells["demo_bugs"]
     assert full[0] == full[1] > 0                       # the full sample scores everything
     assert 0 < bugs[0] < bugs[1]                        # the buggy one loses points
-    for student in STUDENTS:
+    assert pg_cells[BROKEN][0] == 0 and set(pg_cells[BROKEN][2].values()) == {0.0}
+    for student in HANDINS:
         entry = graded["results"]["pg"][(student, A)]
-        assert entry["status"] == "autograded", entry
+        assert entry["status"] == ("failed" if student == BROKEN else "autograded"), entry
         assert entry == {**graded["results"]["sqlite"][(student, A)],
                          "seconds": entry["seconds"], "time": entry["time"], "timings": entry["timings"]}
 
@@ -128,12 +134,13 @@ def test_export_and_grade_rows_match_the_sqlite_run(graded):
         return sorted(tuple(sorted(r.items())) for r in rows)
 
     pg_rows = gradebook.grade_rows(graded["pg"])
-    assert {(r["student_id"], r["assignment"]) for r in pg_rows} == {(s, A) for s in STUDENTS}
+    assert {(r["student_id"], r["assignment"]) for r in pg_rows} == {(s, A) for s in HANDINS}
+    assert next(r for r in pg_rows if r["student_id"] == BROKEN)["status"] == "failed"
     assert strip(pg_rows) == strip(gradebook.grade_rows(graded["sqlite"]))
     path, rows = export(graded["pg"])
     with open(path, newline="", encoding="utf-8") as fh:
         written = list(csv.DictReader(fh))
-    assert len(written) == len(STUDENTS)
+    assert len(written) == len(HANDINS)
     assert {r["student_id"]: float(r["score"]) for r in written} == \
         {r["student_id"]: r["score"] for r in rows}
     status = course.read_status(graded["pg"])            # what the class report reads besides grade_rows
@@ -150,10 +157,13 @@ def test_the_class_report_reads_the_same_class_from_the_server(graded):
     from lossgrader import classreport
 
     data = {kind: classreport.gather(graded[kind]) for kind in ("sqlite", "pg")}
-    assert len(data["pg"].handins) == len(STUDENTS)
+    assert len(data["pg"].handins) == len(HANDINS)
     for summary in (classreport.assignment_summary, classreport.exercise_summary, classreport.mistakes,
-                    classreport.failed_cases, classreport.failed_handins):
+                    classreport.failed_cases):
         assert summary(data["pg"]) == summary(data["sqlite"]), summary.__name__
+    failed = {kind: [{k: v for k, v in f.items() if k != "seconds"} for f in classreport.failed_handins(data[kind])]
+              for kind in data}
+    assert [f["student"] for f in failed["pg"]] == [BROKEN] and failed["pg"] == failed["sqlite"]
     assert {h.student: h.cells for h in data["pg"].handins} == \
         {s: c[2] for s, c in _cells(graded["pg"]).items()}
 
@@ -164,16 +174,16 @@ def test_feedback_pages_are_written_from_the_server(graded):
         root = graded[kind]
         written = feedback(root, progress=False)
         assert sorted(os.path.relpath(p, root) for p in written) == \
-            [os.path.join("feedback", s, A, A + ".html") for s in sorted(STUDENTS)]
-        for student in STUDENTS:
+            [os.path.join("feedback", s, A, A + ".html") for s in sorted(HANDINS)]
+        for student in HANDINS:
             with open(os.path.join(root, "feedback", student, A, A + ".html"), encoding="utf-8") as fh:
                 pages[kind, student] = fh.read()
-    for student in STUDENTS:
+    for student in HANDINS:
         shown = _scores_shown(pages["pg", student])
         score, max_score, cells = _cells(graded["pg"])[student]
-        # nbgrader's GetGrades read the total and every test cell's score from the server
+        # nbgrader's GetGrades (graded) or Gradebook (failed page) read the scores from the server
         assert (f"{round(score, 2):g}", f"{max_score:g}") in shown, shown
-        assert len(shown) >= len(cells)
+        assert len(shown) >= (len(cells) if student != BROKEN else 1)
         assert shown == _scores_shown(pages["sqlite", student])
 
 
@@ -181,7 +191,7 @@ def test_nbgrader_itself_reads_the_rows(graded):
     from nbgrader.api import Gradebook
 
     with Gradebook(graded["url"]) as gb:
-        for student in STUDENTS:
+        for student in HANDINS:
             sub = gb.find_submission(A, student)
             assert sub.score == _cells(graded["pg"])[student][0]
 
