@@ -98,8 +98,10 @@ def cmd_autograde(args):
 
 def cmd_feedback(args):
     from .feedback import feedback
+    from .gradebook import check_readable, db_url
 
     root = _root(args)
+    check_readable(db_url(root))   # an unreachable or damaged gradebook: one clear message (main), no page written
     written = feedback(root, args.assignments or None, args.student or None)
     print(f"{len(written)} feedback files under feedback/")
     return 0

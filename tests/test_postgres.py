@@ -366,8 +366,9 @@ def test_an_unusable_url_is_a_clear_error_and_writes_nothing(server, tmp_path, c
     for reader in (gradebook.grade_rows, gradebook.registered_assignments, export):
         with pytest.raises(gradebook.GradebookError, match="cannot be used"):
             reader(root)
-    assert cli_main(["--course", root, "export"]) == 2
-    assert capsys.readouterr().err.startswith("lossgrader export: The gradebook database ")
+    for command in ("export", "feedback"):
+        assert cli_main(["--course", root, command]) == 2
+        assert capsys.readouterr().err.startswith(f"lossgrader {command}: The gradebook database ")
     assert _files(root) == before
 
 
