@@ -6,14 +6,15 @@ import time
 
 from . import course
 from .autograde import autograde
+from .classreport import class_report
 from .collect import collect
 from .export import export, format_table
 from .feedback import feedback
 
 
 def demo(root, cell_timeout=None, stream=None, jobs=1):
-    """Copy the sample class into submitted/, then autograde, feedback, export; returns the
-    table text. The samples are the course's own, trusted: where bubblewrap cannot run, the
+    """Copy the sample class into submitted/, then autograde, feedback, export and the class
+    report; returns the table text. The samples are the course's own, trusted: where bubblewrap cannot run, the
     demo says so and grades them without the sandbox."""
     from .sandbox import bwrap_problem
 
@@ -30,7 +31,8 @@ def demo(root, cell_timeout=None, stream=None, jobs=1):
               sandbox=problem is None)
     feedback(root, only_students=students, stream=stream)
     path, rows = export(root)
+    report = class_report(root)
     rows = [r for r in rows if r["student_id"] in students]
     stream.write(f"demo: done in {time.monotonic() - t0:.0f} s; grades in {path}, "
-                 f"feedback in feedback/<student>/<assignment>/\n")
+                 f"feedback in feedback/<student>/<assignment>/, class report in {report}\n")
     return format_table(rows)

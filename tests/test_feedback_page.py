@@ -357,7 +357,8 @@ def test_attack_page_runs_nothing_in_the_browser(course, browser, shots):
 def test_csp_stops_a_script_the_sanitiser_would_miss(course, browser, monkeypatch, tmp_path):
     """Defence in depth: with the sanitiser switched off, the page's Content-Security-Policy
     still refuses every inline script and handler of the hand-in."""
-    monkeypatch.setattr(fb, "clean_html", lambda fragment: str(fragment))
+    from lossgrader import sanitize
+    monkeypatch.setattr(sanitize, "clean_html", lambda fragment: str(fragment))
     cfg = fb.course_config(str(course))
     renderer = fb.PageRenderer(cfg, "sqlite:///" + str(course / "gradebook.db"))
     page = renderer.render(str(course / "autograded" / ATTACKER / A / f"{A}.ipynb"), ATTACKER, A)
