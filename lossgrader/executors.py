@@ -213,7 +213,7 @@ class DaskExecutor:
         except ImportError:
             raise ExecutorError("lossgrader autograde --dask needs Dask distributed: "
                                 "pip install 'dask[distributed]' (or pip install 'lossgrader[cluster]')")
-        self.address, self.cluster = address, None
+        self.address, self.cluster, self._closed = address, None, False
         n = parse_local(address)
         try:
             if n is not None:
@@ -233,19 +233,26 @@ class DaskExecutor:
         self._starts = {}       # task key -> (monotonic time, worker address)
         self._lock = threading.Lock()
         self._threads = (0, 0.0)
+        self._sandbox, self._checked, self._restarts = sandbox, set(), []
         self.client.subscribe_topic(START_TOPIC, self._on_start)
         self.completed = as_completed()
-        self._check_workers(sandbox)
+        self._check_workers(list(self.client.nthreads()))
 
-    def _check_workers(self, sandbox: bool) -> None:
-        """Refuse to grade on workers that would grade differently or without the sandbox."""
-        reports = self.client.run(worker_report, sandbox)
+    def _check_workers(self, workers) -> None:
+        """Refuse to grade on workers that would grade differently or without the sandbox
+        (those present at the start, then each one that joins, a few seconds after it does)."""
+        if not workers:
+            return
+        reports = self.client.run(worker_report, self._sandbox, workers=list(workers), on_error="return")
+        self._checked.update(workers)
         mine = grader_fingerprint()
         problems = []
         for addr, report in sorted(reports.items()):
-            if report["fingerprint"] != mine:
+            if isinstance(report, BaseException):
+                problems.append(f"{addr} cannot load the grader: {report.__class__.__name__}: {report}")
+            elif report["fingerprint"] != mine:
                 problems.append(f"{addr} runs another lossgrader (source {report['fingerprint']}, here {mine})")
-            if report["sandbox_problem"]:
+            elif report["sandbox_problem"]:
                 problems.append(f"{addr} cannot sandbox: {report['sandbox_problem']}")
         if problems:
             self.close()
@@ -269,7 +276,9 @@ class DaskExecutor:
         cluster still waiting for its workers gets its first tasks)."""
         now = time.monotonic()
         if now - self._threads[1] > 5:
-            self._threads = (sum(self.client.nthreads().values()), now)
+            workers = self.client.nthreads()
+            self._check_workers(set(workers) - self._checked)
+            self._threads = (sum(workers.values()), now)
         return max(2, 2 * self._threads[0])
 
     def submit(self, task: dict):
@@ -305,19 +314,37 @@ class DaskExecutor:
             raise WorkerDied(f"KilledWorker: {exc}"[:200]) from None
 
     def abandon(self, future) -> None:
-        """Cancel a hung task and restart the worker process running it (a thread cannot be
-        interrupted; with a nanny, the process can)."""
+        """Give up on a hung task: restart the worker process running it (a thread cannot be
+        interrupted; with a nanny, the process can), then cancel it. In that order: until the
+        restart the scheduler sees the worker busy and sends it nothing else (no other
+        hand-in is lost with it, the retry goes elsewhere), and with allowed-failures 0 the
+        killed task is not run again. In the background: the batch goes on meanwhile."""
         with self._lock:
             got = self._starts.pop(str(future.key), None)
-        future.cancel()
-        if got and got[1]:
-            try:
-                self.client.restart_workers([got[1]], raise_for_error=False)
-            except Exception:   # no nanny: the worker keeps a stuck thread; the batch goes on
-                pass
+        thread = threading.Thread(target=self._restart_and_cancel, args=(future, got[1] if got else None),
+                                  daemon=True)
+        thread.start()
+        self._restarts.append(thread)
+
+    def _restart_and_cancel(self, future, address) -> None:
+        try:
+            if address:
+                self.client.restart_workers([address], raise_for_error=False)
+        except Exception:   # no nanny, or the client is closing: the worker keeps a stuck thread
+            pass
+        finally:
             self._threads = (0, 0.0)
+            try:
+                future.cancel()
+            except Exception:
+                pass
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for thread in self._restarts:     # a hung worker must not outlive the batch
+            thread.join(timeout=120)
         try:
             self.client.close()
         finally:
