@@ -39,7 +39,7 @@ import shutil
 import sys
 import time
 
-from . import course
+from . import course, gradebook
 from .course import STATUS_FILE  # noqa: F401  (where failures are read from)
 from .preprocessors.feedback_frame import fmt_number
 from .preprocessors.limit_page_size import DEFAULT_MAX_PAGE_BYTES, megabytes
@@ -226,13 +226,11 @@ def _submissions(root, coursedir, only_assignments=None, only_students=None):
     return pairs
 
 
-def _max_score(db_url, assignment):
-    from nbgrader.api import Gradebook, MissingEntry
-
+def _max_score(root, assignment):
+    """The assignment's points, read without opening the gradebook for writing."""
     try:
-        with Gradebook(db_url) as gb:
-            return float(gb.find_assignment(assignment).max_score)
-    except MissingEntry:
+        return float(gradebook.released(root, assignment)["max_score"])
+    except gradebook.GradebookError:
         return 0.0
 
 
@@ -267,7 +265,7 @@ def feedback(root, only_assignments=None, only_students=None, progress=True, str
             nb_path = os.path.join(autograded, name + ".ipynb")
             if entry.get("status") == "failed" or not os.path.isfile(nb_path):
                 reason = reason_zh(entry["reason"]) if entry.get("reason") else "这份作业尚未自动评分。"
-                page = render_failed(aid, student, _max_score(db_url, aid), reason)
+                page = render_failed(aid, student, _max_score(root, aid), reason)
             else:
                 renderer = renderer or PageRenderer(cfg, db_url)
                 try:
