@@ -1269,3 +1269,13 @@ for _ex in _list:
 
 
 EXERCISES = {ex.id: ex for ex in _list}
+
+
+def plot_label_characters() -> str:
+    """Every character the feedback plots draw outside mathtext (the legends and each
+    exercise's axis label): what the course's font subset must hold."""
+    import re
+    from .plots import LEGEND_REFERENCE, LEGEND_STUDENT
+    texts = [LEGEND_REFERENCE, LEGEND_STUDENT] + [ex.curve.xlabel for ex in EXERCISES.values() if ex.curve]
+    plain = "".join(re.sub(r"\$[^$]*\$", "", t) for t in texts)
+    return "".join(sorted(set(plain) | {chr(c) for c in range(32, 127)}))

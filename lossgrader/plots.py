@@ -19,15 +19,6 @@ POINTS = 97
 PLOT_SECONDS = 3.0
 
 
-def label_characters() -> str:
-    """Every character the plots draw outside mathtext: what the font subset must hold."""
-    import re
-    from .exercises import EXERCISES
-    texts = [LEGEND_REFERENCE, LEGEND_STUDENT] + [ex.curve.xlabel for ex in EXERCISES.values() if ex.curve]
-    plain = "".join(re.sub(r"\$[^$]*\$", "", t) for t in texts)
-    return "".join(sorted(set(plain) | {chr(c) for c in range(32, 127)}))
-
-
 class Curve:
     """How to draw one exercise: ``point(x)`` turns a 0-dim tensor x into the student
     function's (args, kwargs) for one element; each point is evaluated on its own."""

@@ -12,7 +12,7 @@ character set is derived, not hand-listed:
 * CJK punctuation (U+3000-303F), full-width forms (U+FF00-FFEF), Greek, Latin-1,
   general punctuation, arrows, mathematical operators, super- and subscripts;
 * every character that appears in the book (``book/``: Markdown pages, every cell of
-  every notebook) and in the grader's plot labels (``lossgrader.plots.label_characters``).
+  every notebook) and in the grader's plot labels (``lossgrader.exercises.plot_label_characters``).
 
 Characters Noto Sans CJK SC does not have (e.g. ŷ) are left to matplotlib's own DejaVu
 Sans, which ``lossgrader.cjkfont`` puts second in the font family list.
@@ -111,7 +111,7 @@ def book_characters(root: Path = ROOT) -> set[str]:
 
 
 def label_characters() -> set[str]:
-    from lossgrader.plots import label_characters as grader_labels
+    from lossgrader.exercises import plot_label_characters as grader_labels
     return set(grader_labels())
 
 
