@@ -75,18 +75,13 @@ def _limits(args):
 def cmd_autograde(args):
     from .autograde import autograde
     from .export import export, format_table
-    from .gradebook import GradebookError
 
     root = _root(args)
     t0 = time.monotonic()
-    try:
-        results = autograde(root, args.assignments or None, args.student or None,
-                            cell_timeout=args.cell_timeout, submission_timeout=args.timeout, jobs=args.jobs,
-                            sandbox=not args.no_sandbox, limits=_limits(args), quiet=args.quiet,
-                            dask=args.dask)
-    except GradebookError as exc:
-        print(f"lossgrader autograde: {exc}", file=sys.stderr)
-        return 2
+    results = autograde(root, args.assignments or None, args.student or None,
+                        cell_timeout=args.cell_timeout, submission_timeout=args.timeout, jobs=args.jobs,
+                        sandbox=not args.no_sandbox, limits=_limits(args), quiet=args.quiet,
+                        dask=args.dask)
     failed = sum(1 for e in results.values() if e["status"] == "failed")
     print(f"autograded {len(results)} submissions in {time.monotonic() - t0:.1f} s"
           + (f"; {failed} could not be autograded (0 points, reason in the export)" if failed else ""))
@@ -132,31 +127,21 @@ def cmd_export(args):
 
 def cmd_report(args):
     from .classreport import class_report
-    from .gradebook import GradebookError
 
-    root = _root(args)
-    try:
-        path = class_report(root, args.to)
-    except GradebookError as exc:
-        print(f"lossgrader report: {exc}", file=sys.stderr)
-        return 2
+    path = class_report(_root(args), args.to)
     print(f"written: {path}")
     return 0
 
 
 def cmd_restore(args):
-    from .gradebook import GradebookError, list_backups, restore
+    from .gradebook import list_backups, restore
 
     root = _root(args)
     if args.list:
         for path in list_backups(root):
             print(path)
         return 0
-    try:
-        path = restore(root, args.backup)
-    except GradebookError as exc:
-        print(f"lossgrader restore: {exc}", file=sys.stderr)
-        return 2
+    path = restore(root, args.backup)
     print(f"restored {path} -> gradebook.db (the previous gradebook was backed up first)")
     return 0
 
@@ -265,7 +250,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except GradebookError as exc:   # e.g. an unreachable db_url in feedback/export: the message, no traceback
+    except GradebookError as exc:   # an unreadable gradebook, an unreachable db_url: the message, no traceback
         print(f"lossgrader {args.command}: {exc}", file=sys.stderr)
         return 2
 
