@@ -157,9 +157,11 @@ def reason_zh(reason):
         ("is not UTF-8 text", "提交的文件不是 UTF-8 文本（不是 .ipynb 笔记本）"),
         ("is not a Jupyter notebook", "提交的文件不是 Jupyter 笔记本"),
         ("has no list of cells", "提交的文件不是 Jupyter 笔记本（没有单元格列表）"),
-        ("no notebook submitted", "没有找到提交的笔记本"),
+        ("was not submitted", "没有找到提交的笔记本"),
+        ("is larger than", "提交的笔记本文件过大"),
         ("time limit exceeded", "评分超过了整份作业的时间限制（可能有死循环或运行过慢的代码）"),
         ("worker process died", "评分进程意外退出"),
+        ("grading failed", "评分程序在评这份作业时出错（已重试一次）"),
     ]
     for key, text in known:
         if key in reason:

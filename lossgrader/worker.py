@@ -36,6 +36,7 @@ from .results import CaseRecord, HandinResult
 DEFAULT_CELL_TIMEOUT = 300
 DEFAULT_TIMEOUT = 900            # seconds for one hand-in, all notebooks and restarts included
 MAX_RESPONSE_BYTES = 64 * 2 ** 20
+MAX_NOTEBOOK_BYTES = 64 * 2 ** 20      # a hand-in's notebook file; larger is refused before parsing
 MAX_RESTARTS = 8
 CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([A-Za-z0-9_]+)["']\s*,\s*([A-Za-z_][A-Za-z0-9_]*)""")
 RUNTIME_FILES = ("runtime.py", "guards.py")
@@ -72,6 +73,8 @@ def read_notebook(name: str, text):
 
     if text is None:
         return None, f"{name} was not submitted"
+    if len(text) > MAX_NOTEBOOK_BYTES:
+        return None, f"{name} is larger than {MAX_NOTEBOOK_BYTES // 2 ** 20} MiB ({len(text) / 2 ** 20:.0f} MiB)"
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")

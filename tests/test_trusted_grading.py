@@ -298,3 +298,18 @@ def test_unreadable_gradebook_stops_autograde_and_is_left_untouched(tmp_path, ca
     assert "gradebook.db" in err and "restore" in err
     assert (tmp_path / "gradebook.db").read_bytes() == garbage
     assert not (tmp_path / "autograded").exists()
+
+
+@pytest.mark.parametrize("content,words", [
+    (None, "was not submitted"),
+    (b"\xff\xfe not utf-8", "UTF-8"),
+    (b"{ not json", "JSON"),
+    (b'{"cells": "no list", "metadata": {}}', "notebook"),
+    (b" " * (65 * 2 ** 20), "larger than"),
+])
+def test_unreadable_hand_in_is_refused_with_a_reason_before_anything_runs(content, words):
+    from lossgrader.feedback import reason_zh
+    from lossgrader.worker import read_notebook
+    nb, reason = read_notebook(A, content)
+    assert nb is None and words in reason
+    assert not reason_zh(reason).startswith("自动评分时出错")     # a Chinese explanation of its own
