@@ -175,6 +175,11 @@ def grade_on_worker(task: dict) -> dict:
     return grade_handin(task).to_dict()
 
 
+def _exit_worker() -> None:
+    """Run on a worker whose grading thread hung: a thread cannot be stopped, the process can."""
+    os._exit(18)
+
+
 def worker_report(sandbox: bool) -> dict:
     """What the coordinator checks on each worker before sending it hand-ins (importing the
     grader there also warms the worker up)."""
@@ -223,6 +228,9 @@ class DaskExecutor:
                                                 dashboard_address=None, silence_logs=logging.ERROR)
                 self.client = Client(self.cluster)
             elif address.endswith(".json") or os.path.isfile(address):
+                if not os.path.isfile(address):
+                    raise ExecutorError(f"lossgrader autograde: --dask {address}: no such scheduler file "
+                                        "(the file the Dask scheduler writes, e.g. with --scheduler-file)")
                 self.client = Client(scheduler_file=address, timeout=connect_timeout)
             else:
                 self.client = Client(address, timeout=connect_timeout)
@@ -314,9 +322,9 @@ class DaskExecutor:
             raise WorkerDied(f"KilledWorker: {exc}"[:200]) from None
 
     def abandon(self, future) -> None:
-        """Give up on a hung task: restart the worker process running it (a thread cannot be
-        interrupted; with a nanny, the process can), then cancel it. In that order: until the
-        restart the scheduler sees the worker busy and sends it nothing else (no other
+        """Give up on a hung task: end the worker process running it (a thread cannot be
+        interrupted; the worker's nanny starts a fresh process), then cancel it. In that
+        order: until the worker is gone the scheduler sees it busy and sends it nothing else (no other
         hand-in is lost with it, the retry goes elsewhere), and with allowed-failures 0 the
         killed task is not run again. In the background: the batch goes on meanwhile."""
         with self._lock:
@@ -329,8 +337,16 @@ class DaskExecutor:
     def _restart_and_cancel(self, future, address) -> None:
         try:
             if address:
-                self.client.restart_workers([address], raise_for_error=False)
-        except Exception:   # no nanny, or the client is closing: the worker keeps a stuck thread
+                # the worker process exits at once; its nanny starts a fresh one (as after any
+                # crash). Wait until the scheduler has seen it go before cancelling.
+                try:
+                    self.client.run(_exit_worker, workers=[address])
+                except Exception:   # the connection closes with the process: expected
+                    pass
+                deadline = time.monotonic() + 60
+                while address in self.client.nthreads() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+        except Exception:   # the client is closing: nothing more to do
             pass
         finally:
             self._threads = (0, 0.0)

@@ -50,6 +50,19 @@ def _grades(root):
     return {s: (rows[s], gradebook.submission_scores(gradebook.db_url(root), A, s)) for s in rows}
 
 
+def test_cluster_addresses(tmp_path):
+    assert executors.parse_local("local") == os.cpu_count()
+    assert executors.parse_local("local:3") == 3
+    assert executors.parse_local("tcp://10.0.0.5:8786") is None
+    with pytest.raises(executors.ExecutorError, match="at least 1"):
+        executors.parse_local("local:0")
+    with pytest.raises(executors.ExecutorError, match="no such scheduler file"):
+        executors.open_executor(str(tmp_path / "scheduler.json"))
+    pool = executors.open_executor(None, jobs=3)
+    assert isinstance(pool, executors.LocalPool) and pool.capacity() == 3
+    pool.close()
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A running Dask scheduler with 2 worker processes whose tasks obey the test faults:
@@ -63,7 +76,10 @@ def cluster(tmp_path_factory):
         mp.setenv(executors.FAULTS_DIR_ENV, str(marks))
         with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
             with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
-                yield c.scheduler_address
+                scheduler_file = str(marks / "scheduler.json")
+                with distributed.Client(c) as client:
+                    client.write_scheduler_file(scheduler_file)
+                yield {"tcp": c.scheduler_address, "file": scheduler_file}
 
 
 def test_dask_local_grades_like_the_local_pool(tmp_path, capsys):
@@ -83,7 +99,7 @@ def test_dask_local_grades_like_the_local_pool(tmp_path, capsys):
 
 def test_a_dead_worker_costs_one_retry_then_an_explicit_zero(cluster, tmp_path):
     root = _course(str(tmp_path / "c"), {"b_dies_once": "demo_full", "c_dies": "demo_bugs"})
-    results = autograde(root, cell_timeout=CELL_TIMEOUT, progress=False, sandbox=SANDBOX, dask=cluster)
+    results = autograde(root, cell_timeout=CELL_TIMEOUT, progress=False, sandbox=SANDBOX, dask=cluster["tcp"])
     # died at its first try, graded at the second
     once = results[("b_dies_once", A)]
     assert once["status"] == "autograded" and once["attempts"] == 2 and once["score"] == 6.0
@@ -99,14 +115,14 @@ def test_a_dead_worker_costs_one_retry_then_an_explicit_zero(cluster, tmp_path):
 def test_a_hung_task_is_abandoned_and_zeroed(cluster, tmp_path):
     root = _course(str(tmp_path / "c"), {"d_hangs": "demo_full", "e_not_json": "{ not json"})
     results = autograde(root, cell_timeout=CELL_TIMEOUT, submission_timeout=4, hang_margin=1,
-                        progress=False, sandbox=SANDBOX, dask=cluster)
+                        progress=False, sandbox=SANDBOX, dask=cluster["file"])
     hung = results[("d_hangs", A)]
     assert hung["status"] == "failed" and hung["attempts"] == 2 and hung["score"] == 0.0
     assert "time limit exceeded" in hung["reason"] and "5 s" in hung["reason"]
     assert results[("e_not_json", A)]["status"] == "failed"          # the batch went on
     assert "JSON" in results[("e_not_json", A)]["reason"]
     # the workers holding the hung tasks were restarted: every worker runs a new task at once
-    with distributed.Client(cluster) as client:
+    with distributed.Client(cluster["tcp"]) as client:
         client.wait_for_workers(2, timeout=120)
         workers = list(client.nthreads())
         assert len(workers) == 2
