@@ -13,6 +13,19 @@ import os
 import sys
 
 
+HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+
+
+def graded_cell_source(ex) -> str:
+    """The instructor version of an exercise's test cell, generated from the registry: the
+    visible check students run and, between nbgrader's hidden-test markers (removed from
+    exercises/), the same check on the hidden cases. The autograder grades the hidden cases
+    from outside the student's kernel whatever this cell holds; the hidden line is what plain
+    nbgrader runs and what tells a reader the cell is graded on hidden cases too."""
+    call = f'check("{ex.id}", {ex.func_name}, points={ex.points!r}'
+    return f"# 测试（只读）\n{call})\n{HIDDEN_BEGIN}\n{call}, hidden=True)\n{HIDDEN_END}"
+
+
 def code_cells(path):
     with open(path, encoding="utf-8") as f:
         nb = json.load(f)

@@ -5,13 +5,16 @@ Runs ``nbgrader generate_assignment`` for every assignment in a temporary copy
 of the course directory (nbgrader needs a gradebook database; the repository
 stays clean), with the repository's own ``nbgrader_config.py`` (which stamps
 the repository URL from ``_config.yml`` into the Colab badge and the install
-cell), then copies the result into ``exercises/``.
+cell), then copies the result into ``exercises/``. Before that, every test cell of
+``solutions/`` is regenerated from the exercise registry
+(``lossgrader.notebooks.graded_cell_source``: the visible check and its hidden twin), so the
+30 test cells are data written once, not hand-copied code.
 
 Usage::
 
     python tools/generate_exercises.py                 # regenerate every assignment into exercises/
     python tools/generate_exercises.py 02_regression   # only some assignments
-    python tools/generate_exercises.py --check         # exit 1 when exercises/ is stale
+    python tools/generate_exercises.py --check         # exit 1 when exercises/ or a test cell is stale
 """
 import argparse
 import os
@@ -32,6 +35,42 @@ def assignment_ids(root=ROOT):
     src = os.path.join(root, "solutions")
     return sorted(d for d in os.listdir(src)
                   if os.path.isfile(os.path.join(src, d, d + ".ipynb")))
+
+
+def sync_test_cells(assignments=None, root=ROOT, write=True):
+    """Make every test cell of solutions/ the one the registry generates
+    (lossgrader.notebooks.graded_cell_source): returns the cells that differed, as
+    "<assignment>/<grade_id>"; with write=False nothing is changed."""
+    import json
+
+    sys.path.insert(0, root)
+    try:
+        from lossgrader.exercises import EXERCISES
+        from lossgrader.notebooks import graded_cell_source
+    finally:
+        sys.path.remove(root)
+    stale_cells = []
+    for aid in assignments or assignment_ids(root):
+        path = os.path.join(root, "solutions", aid, aid + ".ipynb")
+        with open(path, encoding="utf-8") as fh:
+            nb = json.load(fh)
+        changed = False
+        for cell in nb["cells"]:
+            meta = cell.get("metadata", {}).get("nbgrader", {})
+            if cell.get("cell_type") != "code" or not meta.get("grade") or meta.get("solution"):
+                continue
+            ex = next((e for e in EXERCISES.values() if f'check("{e.id}", ' in "".join(cell["source"])), None)
+            if ex is None:
+                continue
+            wanted = graded_cell_source(ex)
+            if "".join(cell["source"]) != wanted:
+                stale_cells.append(f"{aid}/{meta.get('grade_id')}")
+                cell["source"] = wanted.splitlines(keepends=True)
+                changed = True
+        if changed and write:
+            with open(path, "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(json.dumps(nb, ensure_ascii=False, indent=1) + "\n")
+    return stale_cells
 
 
 def generate(out_dir, assignments=None, root=ROOT):
@@ -143,7 +182,9 @@ def main(argv=None):
                         help="do not write; exit 1 when exercises/ differs from a fresh generation")
     args = parser.parse_args(argv)
     if args.check:
-        problems = stale(args.assignments or None)
+        problems = [f"solutions/{c}: test cell differs from the registry's" for c in
+                    sync_test_cells(args.assignments or None, write=False)]
+        problems += stale(args.assignments or None)
         for p in problems:
             print("stale:", p)
         if problems:
@@ -151,6 +192,9 @@ def main(argv=None):
             return 1
         print("exercises/ is up to date")
         return 0
+    synced = sync_test_cells(args.assignments or None)
+    if synced:
+        print("test cells of solutions/ regenerated from the registry:", " ".join(synced))
     done = generate(os.path.join(ROOT, "exercises"), args.assignments or None)
     print("generated:", " ".join(f"exercises/{a}/" for a in done))
     return 0
