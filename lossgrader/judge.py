@@ -14,6 +14,8 @@ from typing import Optional
 
 import torch
 
+from .runtime import device_name
+
 from .guards import single_thread
 
 class CaseFailure(Exception):
@@ -318,6 +320,10 @@ def check_tensor_result(out: dict, like_shape, dtype, device, what="返回值") 
     """The returned tensor's value (CPU) when ``out`` describes a tensor of the expected
     shape, dtype and device; raises the failure otherwise."""
     kind = out.get("type")
+    if kind == "unreadable":
+        raise CaseFailure("fail", f"{what}（{html.escape(str(out.get('typename', '?')))}）无法读取："
+                          f"{html.escape(str(out.get('message', '')), quote=False)}",
+                          "返回输入所在设备上的普通 torch.Tensor：不要返回 meta 张量、稀疏张量或自定义的张量子类。")
     if kind == "none":
         raise CaseFailure("notimpl", f"尚未实现：{what}是 None（函数没有 return，或函数体只有 ... / pass）。",
                           "记得用 return 返回结果。")
@@ -342,7 +348,7 @@ def check_tensor_result(out: dict, like_shape, dtype, device, what="返回值") 
     if out.get("dtype") != dtype_name(dtype) or value.dtype != dtype:
         raise CaseFailure("fail", f"{what}的数据类型是 {html.escape(str(out.get('dtype')))}，应与输入相同：{dtype_name(dtype)}。",
                           "新建张量时使用 dtype=输入.dtype（或 torch.zeros_like 等），不要写死 float32/float64。")
-    if out.get("device") != str(device):
+    if out.get("device") != device_name(device):
         raise CaseFailure("fail", f"{what}在设备 {html.escape(str(out.get('device')))} 上，应与输入相同：{device}。",
                           "不要调用 .cpu() / .cuda()；新建张量时使用 device=输入.device。")
     return value

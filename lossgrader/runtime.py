@@ -60,6 +60,16 @@ def qualname(func) -> str:
     return f"{module}.{name}" if module else str(name)
 
 
+def device_name(device) -> str:
+    """A device as the tensors on it report it: "cpu", "cuda:0" (a bare "cuda" means the
+    current CUDA device), so that the judge's device and a result's compare equal."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        index = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        return f"cuda:{index}"
+    return str(device)
+
+
 def encode_arg(value):
     """A case input as plain data: tensors stay tensors, input functions become names."""
     if callable(value) and getattr(value, "__name__", None) in INPUT_FUNCTIONS:
@@ -84,7 +94,13 @@ def graph_ops(result) -> list:
     (torch._C._nn.*, torch.ops.aten.*, calls under DisableTorchFunction), so the judge
     sees it even when the function-level spy did not. (A TorchDispatchMode would see the
     operators too, but entering one imports torch._dynamo: seconds per kernel.)"""
-    fn = getattr(result, "grad_fn", None) if isinstance(result, torch.Tensor) else None
+    if not isinstance(result, torch.Tensor):
+        return []
+    try:
+        with torch._C.DisableTorchFunctionSubclass():   # a tensor subclass's code does not run here
+            fn = result.grad_fn
+    except Exception:
+        return []
     seen, names, stack = set(), set(), [fn]
     while stack and len(seen) < MAX_GRAPH_NODES:
         node = stack.pop()
@@ -158,7 +174,7 @@ def describe(result) -> dict:
         return {"type": "none"}
     if isinstance(result, torch.Tensor):
         return {"type": "tensor", "shape": list(result.shape), "dtype": str(result.dtype).replace("torch.", ""),
-                "device": str(result.device), "requires_grad": bool(result.requires_grad),
+                "device": device_name(result.device), "requires_grad": bool(result.requires_grad),
                 "value": result.detach().to("cpu", copy=True).contiguous()}
     kind = type(result)
     if isinstance(result, (bool, int, float)):
@@ -206,17 +222,38 @@ def run_function(fn, case: dict, device, budget: _Budget, spy: bool, gradients: 
     response = _strip(record)
     if record["status"] != "ok":
         return response
-    response["out"] = describe(out)
-    response["mutated"] = _mutated(case, args)
+    described = read_safely(budget, lambda: (describe(out), _mutated(case, args)))
+    if described["status"] != "ok":
+        response["out"] = {"type": "unreadable", "typename": type(out).__name__,
+                           "message": described.get("message", described["status"])}
+        return response
+    response["out"], response["mutated"] = described["result"]
     grad_args = list(case.get("grad_args", ()))
-    if gradients and grad_args and not case.get("value_only") and isinstance(out, torch.Tensor) and out.requires_grad:
+    if gradients and grad_args and not case.get("value_only") and response["out"].get("requires_grad"):
         inputs = [args[i] for i in grad_args]
         grads = call(budget, lambda: torch.autograd.grad(out, inputs, allow_unused=True))
         response["grad_call"] = _strip(grads)
         if grads["status"] == "ok":
-            response["grads"] = [None if g is None else g.detach().to("cpu", copy=True).contiguous()
-                                 for g in grads["result"]]
+            copied = read_safely(budget, lambda: [None if g is None else g.detach().to("cpu", copy=True).contiguous()
+                                                  for g in grads["result"]])
+            if copied["status"] == "ok":
+                response["grads"] = copied["result"]
     return response
+
+
+def read_safely(budget: _Budget, thunk) -> dict:
+    """Copy what student code returned without running any more of it: a tensor subclass's
+    __torch_function__ is switched off, and a tensor that cannot be read (meta, sparse, a
+    broken subclass) is reported instead of raising."""
+    try:
+        with guards.time_limit(max(budget.remaining(), 1.0)), torch._C.DisableTorchFunctionSubclass():
+            return {"status": "ok", "result": thunk()}
+    except guards.StudentTimeout:
+        return {"status": "timeout"}
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        return {"status": "unreadable", "message": f"{type(exc).__name__}: {exc}"[:300]}
 
 
 def run_module(cls, case: dict, device, budget: _Budget, spy: bool) -> dict:

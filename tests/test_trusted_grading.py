@@ -313,3 +313,17 @@ def test_unreadable_hand_in_is_refused_with_a_reason_before_anything_runs(conten
     nb, reason = read_notebook(A, content)
     assert nb is None and words in reason
     assert not reason_zh(reason).startswith("自动评分时出错")     # a Chinese explanation of its own
+
+
+def test_unreadable_or_hostile_tensor_results_fail_the_case_without_raising():
+    """What the runtime copies from a result runs none of the student's code and never raises."""
+    class Looping(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            while True:
+                pass
+
+    meta = check("mse", lambda p, t: ((p - t) ** 2).mean().to("meta"), device="cpu")
+    assert meta.score == 0.0 and "无法读取" in meta.results[0].message
+    looping = check("mse", lambda p, t: ((p - t) ** 2).mean().as_subclass(Looping), device="cpu")
+    assert looping.score == 0.0 and looping.results[0].status == "timeout"
