@@ -69,12 +69,16 @@ def grader_fingerprint() -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256()
     for name in GRADING_MODULES:
-        digest.update(name.encode())
-        try:
-            with open(os.path.join(here, name + ".py"), "rb") as fh:
-                digest.update(fh.read())
-        except OSError:
-            digest.update(b"(missing)")
+        package = os.path.join(here, name)
+        files = (sorted(os.path.join(package, f) for f in os.listdir(package) if f.endswith(".py"))
+                 if os.path.isdir(package) else [package + ".py"])
+        for path in files:
+            digest.update(os.path.relpath(path, here).encode())
+            try:
+                with open(path, "rb") as fh:
+                    digest.update(fh.read())
+            except OSError:
+                digest.update(b"(missing)")
     return digest.hexdigest()[:16]
 
 

@@ -4,7 +4,7 @@ Each entry pairs an implementation with a substring that the Chinese feedback of
 ``lossgrader.check`` must contain for it (the message of a failing case, a hint, or a
 type/shape/dtype message). The implementations are written here from the kind of code
 students hand in (and the mistakes of the seed tutorial), independently of the
-``Mistake`` entries in lossgrader/exercises.py, so that a hint the grader shows is
+``Mistake`` entries in lossgrader/exercises/, so that a hint the grader shows is
 tested against code it has not seen.
 
 ``WRONG`` is the list of entries; ``PASS_ON_CPU`` lists implementations that are wrong

@@ -1,10 +1,6 @@
-"""The exercise registry: every loss of the course, with its cases, reference,
-forbidden built-ins, typical mistakes and feedback plot.
-
-``EXERCISES`` maps an exercise id to its Exercise (id, title, func_name, signature,
-points, assignment, kind). The ids and signatures are fixed: notebooks and the book
-rely on them.
-"""
+"""What the exercise entries are made of: the kinds of exercise (how each is judged), the
+forbidden-call rules and typical mistakes, the case factories, the mistake and library-variant
+formulas. The entries themselves are in the chapter modules beside this one."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,12 +13,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import references as ref
-from .cases import Case, Rand, SubgradientRange
-from .judge import (EPSILON_HINT, CaseFailure, Tolerance, check_call, check_forbidden, check_tensor_result,
+from .. import references as ref
+from ..cases import Case, Rand, SubgradientRange
+from ..judge import (EPSILON_HINT, CaseFailure, Tolerance, check_call, check_forbidden, check_tensor_result,
                     check_unchanged, compare, gradient_cause, nonfinite_failure)
-from .runtime import INPUT_FUNCTIONS, decode_arg, encode_arg, qualname
-from .plots import Curve
+from ..runtime import INPUT_FUNCTIONS, decode_arg, encode_arg, qualname
+from ..plots import Curve
 
 
 # F functions whose kernel leaves its own autograd node: the runtime reports the nodes behind
@@ -780,244 +776,6 @@ def _huber_np(p, t, delta=1.0, half=True, shift=True, scale_linear=True):
 
 _SUM_HINT = "你用了求和（sum）而不是平均（mean）：要除以元素个数 n。"
 
-_list = [
-    GradExercise("numerical_grad", "数值梯度（中心差分）", "numerical_gradient", "(f, x, eps=1e-6)", 2, "01_overview",
-                 ref.numerical_gradient, _numgrad_cases, forbidden=[AUTOGRAD], time_limit=20.0,
-                 tol=Tolerance(1e-6, 1e-9, "the student's central differences must equal the reference's own (same ε, "
-                               "same formula): forward differences are off by O(ε) ≈ 1e-6 relative, more than the "
-                               "table's float64 tolerance would catch"),
-                 mistakes=[
-                     Mistake("你用的是前向差分 (f(x+ε) − f(x))/ε，误差是 O(ε)；中心差分 (f(x+ε) − f(x−ε))/(2ε) 的误差是 O(ε²)。",
-                             lambda f, x, eps=1e-6: ref._finite_differences(f, x, eps, forward=True)),
-                     Mistake("中心差分的分母应是 2ε：你少除了 2。", lambda f, x, eps=1e-6: 2 * ref._finite_differences(f, x, eps)),
-                     Mistake("分母多了一个 2（或步长用了 2ε）。", lambda f, x, eps=1e-6: 0.5 * ref._finite_differences(f, x, eps)),
-                 ]),
-    Exercise("mse", "均方误差 MSE", "mse_loss", "(pred, target)", 1, "02_regression", ref.mse_loss,
-             _regression_cases(), forbidden=[Forbidden("F.mse_loss / nn.MSELoss", _f("mse_loss"))],
-             curve=Curve(ref.mse_loss, _residual_point, **_REGRESSION_CURVE),
-             mistakes=[Mistake("你计算的是平均绝对误差（MAE）：MSE 要对误差取平方。", _mean_abs),
-                       Mistake(_SUM_HINT, lambda p, t: ((p - t) ** 2).sum()),
-                       Mistake("你多开了一次平方根，得到的是 RMSE。", lambda p, t: ((p - t) ** 2).mean().sqrt()),
-                       Mistake("多乘了 1/2：MSE 是 (1/n)Σ(y − ŷ)²。", lambda p, t: 0.5 * ((p - t) ** 2).mean())]),
-    GradExercise("mse_grad", "MSE 的梯度", "mse_grad", "(pred, target)", 1, "02_regression", ref.mse_grad,
-                 _as_grad_cases(_regression_cases()), forbidden=[AUTOGRAD, Forbidden("F.mse_loss", _f("mse_loss"))],
-                 curve=Curve(ref.mse_grad, _residual_point, **_REGRESSION_CURVE),
-                 mistakes=[Mistake("梯度缺少 1/n：MSE 是平均，∂MSE/∂ŷᵢ = 2(ŷᵢ − yᵢ)/n（原教程的 −2(y − ŷ) 漏掉了 1/n）。",
-                                   lambda p, t: 2 * (p - t)),
-                           Mistake("梯度的符号反了：∂MSE/∂ŷ = −2(y − ŷ)/n = 2(ŷ − y)/n。", lambda p, t: 2 * (t - p) / p.numel()),
-                           Mistake("少了系数 2：(ŷ − y)² 的导数是 2(ŷ − y)。", lambda p, t: (p - t) / p.numel())]),
-    Exercise("mae", "平均绝对误差 MAE", "mae_loss", "(pred, target)", 1, "02_regression", ref.mae_loss, _mae_cases,
-             forbidden=[Forbidden("F.l1_loss / nn.L1Loss", _f("l1_loss"))],
-             curve=Curve(ref.mae_loss, _residual_point, **_REGRESSION_CURVE),
-             mistakes=[Mistake("你的 MAE 实际计算的是平方误差（原教程的代码片段正是这个错误）：MAE 取绝对值，不取平方。",
-                               lambda p, t: ((p - t) ** 2).mean()),
-                       Mistake(_SUM_HINT, lambda p, t: (p - t).abs().sum()),
-                       Mistake("你先求平均再取绝对值，正负误差相互抵消了：应先对每个元素取绝对值，再平均。",
-                               lambda p, t: (p - t).mean().abs())]),
-    GradExercise("mae_grad", "MAE 的（次）梯度", "mae_grad", "(pred, target)", 1, "02_regression", ref.mae_grad,
-                 _mae_grad_cases, forbidden=[AUTOGRAD, Forbidden("F.l1_loss", _f("l1_loss"))],
-                 curve=Curve(ref.mae_grad, _residual_point, **_REGRESSION_CURVE),
-                 mistakes=[Mistake("梯度缺少 1/n：∂MAE/∂ŷᵢ = sign(ŷᵢ − yᵢ)/n。", lambda p, t: torch.sign(p - t)),
-                           Mistake("梯度的符号反了：应为 sign(ŷ − y)/n。", lambda p, t: torch.sign(t - p) / p.numel()),
-                           Mistake("你计算的是 MSE 的梯度 2(ŷ − y)/n，MAE 的梯度只取符号。", lambda p, t: 2 * (p - t) / p.numel())]),
-    Exercise("huber", "Huber 损失", "huber_loss", "(pred, target, delta=1.0)", 1, "02_regression", ref.huber_loss,
-             _regression_cases("delta"),
-             forbidden=[Forbidden("F.huber_loss / F.smooth_l1_loss", _f("huber_loss", "smooth_l1_loss"))],
-             curve=Curve(ref.huber_loss, _residual_point, **_REGRESSION_CURVE),
-             mistakes=[Mistake("二次部分缺少 0.5：|r| ≤ δ 时应为 0.5·r²。", lambda p, t, delta=1.0: _huber_np(p, t, delta, half=False)),
-                       Mistake("线性部分缺少 −0.5·δ²：两段在 |r| = δ 处不连续。", lambda p, t, delta=1.0: _huber_np(p, t, delta, shift=False)),
-                       Mistake("线性部分没有乘以 δ：|r| > δ 时应为 δ·|r| − 0.5·δ²。",
-                               lambda p, t, delta=1.0: _huber_np(p, t, delta, scale_linear=False)),
-                       Mistake("你实现的是 Smooth L1（除以了 δ）：Huber 的二次部分是 0.5·r²，不除以 δ。",
-                               lambda p, t, delta=1.0: _huber_np(p, t, delta) / delta)]),
-    Exercise("smooth_l1", "Smooth L1 损失", "smooth_l1_loss", "(pred, target, beta=1.0)", 1, "02_regression",
-             ref.smooth_l1_loss, _regression_cases("beta"),
-             forbidden=[Forbidden("F.smooth_l1_loss / F.huber_loss", _f("smooth_l1_loss", "huber_loss"))],
-             curve=Curve(ref.smooth_l1_loss, _residual_point, **_REGRESSION_CURVE),
-             mistakes=[Mistake("你实现的是 Huber 损失（δ = β）：Smooth L1 = Huber / β，二次部分是 0.5·r²/β，线性部分是 |r| − 0.5·β。",
-                               lambda p, t, beta=1.0: _huber_np(p, t, beta)),
-                       Mistake("参数 β 被忽略了（相当于总用 β = 1）。", lambda p, t, beta=1.0: _huber_np(p, t, 1.0)),
-                       Mistake(_SUM_HINT, lambda p, t, beta=1.0: _huber_np(p, t, beta) / beta * p.numel())]),
-    Exercise("bce", "二元交叉熵 BCE", "binary_cross_entropy", "(probs, target)", 1, "03_classification",
-             ref.binary_cross_entropy, _bce_cases,
-             forbidden=[Forbidden("F.binary_cross_entropy / nn.BCELoss",
-                                  _f("binary_cross_entropy", "binary_cross_entropy_with_logits"))],
-             curve=Curve(ref.binary_cross_entropy, _prob_point, xlabel="预测概率 ŷ（目标 y = 1）", lo=0.01, hi=0.99),
-             mistakes=[Mistake("缺少负号：log 概率是负数，BCE 是它们的相反数。",
-                               lambda p, t: (t * torch.log(p) + (1 - t) * torch.log(1 - p)).mean()),
-                       Mistake(_SUM_HINT, lambda p, t: -(t * torch.log(p) + (1 - t) * torch.log(1 - p)).sum()),
-                       Mistake("只算了 y = 1 的一项：BCE = −[y·log ŷ + (1 − y)·log(1 − ŷ)]。", lambda p, t: -(t * torch.log(p)).mean())]),
-    Exercise("bce_logits", "带 logits 的 BCE（数值稳定）", "bce_with_logits", "(logits, target)", 2, "03_classification",
-             ref.bce_with_logits, _logit_cases,
-             forbidden=[Forbidden("F.binary_cross_entropy_with_logits / nn.BCEWithLogitsLoss",
-                                  _f("binary_cross_entropy_with_logits", "binary_cross_entropy"))],
-             curve=Curve(ref.bce_with_logits, _logit_point, **_LOGIT_CURVE),
-             mistakes=[Mistake("符号错误：稳定形式是 max(x, 0) − x·y + log(1 + exp(−|x|))。",
-                               lambda x, y: (x.clamp(min=0) + x * y + torch.log1p(torch.exp(-x.abs()))).mean()),
-                       Mistake("漏掉了 max(x, 0) 这一项。", lambda x, y: (-x * y + torch.log1p(torch.exp(-x.abs()))).mean()),
-                       Mistake(_SUM_HINT, lambda x, y: F.binary_cross_entropy_with_logits(x, y, reduction="sum"))]),
-    GradExercise("bce_logits_grad", "带 logits 的 BCE 的梯度", "bce_with_logits_grad", "(logits, target)", 1,
-                 "03_classification", ref.bce_with_logits_grad, _as_grad_cases(_logit_cases),
-                 forbidden=[AUTOGRAD, Forbidden("F.binary_cross_entropy_with_logits", _f("binary_cross_entropy_with_logits"))],
-                 curve=Curve(ref.bce_with_logits_grad, _logit_point, **_LOGIT_CURVE),
-                 mistakes=[Mistake("梯度缺少 1/n：(σ(x) − y)/n。", lambda x, y: torch.sigmoid(x) - y),
-                           Mistake("梯度的符号反了：应为 (σ(x) − y)/n。", lambda x, y: (y - torch.sigmoid(x)) / x.numel()),
-                           Mistake("多乘了 σ(x)(1 − σ(x))：对 logits 求导时它与 BCE 的分母相消了。",
-                                   lambda x, y: (torch.sigmoid(x) - y) * torch.sigmoid(x) * (1 - torch.sigmoid(x)) / x.numel())]),
-    Exercise("cross_entropy", "多分类交叉熵", "cross_entropy", "(logits, target)", 2, "03_classification",
-             ref.cross_entropy, _class_cases(),
-             forbidden=[Forbidden("F.cross_entropy / nn.CrossEntropyLoss", _f("cross_entropy")),
-                        Forbidden("F.nll_loss / nn.NLLLoss", _f("nll_loss"))],
-             mistakes=[Mistake(_SUM_HINT.replace("元素个数 n", "样本数 N"), lambda x, t: _ce_rows(x, t).sum()),
-                       Mistake("少了 log：交叉熵是 −log softmax(x)[y]，不是 −softmax(x)[y]。",
-                               lambda x, t: -torch.softmax(x, 1).gather(1, t.unsqueeze(1)).mean()),
-                       Mistake("softmax 应在类别维（dim=1）上计算，而不是样本维 dim=0。",
-                               lambda x, t: -torch.log_softmax(x, 0).gather(1, t.unsqueeze(1)).mean()),
-                       Mistake("除以了 N·C（元素总数），应只除以样本数 N。", lambda x, t: _ce_rows(x, t).sum() / x.numel())]),
-    GradExercise("cross_entropy_grad", "交叉熵对 logits 的梯度", "cross_entropy_grad", "(logits, target)", 1,
-                 "03_classification", ref.cross_entropy_grad, _as_grad_cases(_class_cases()),
-                 forbidden=[AUTOGRAD, Forbidden("F.cross_entropy", _f("cross_entropy"))],
-                 mistakes=[Mistake("梯度缺少 1/N：(softmax(x) − onehot(y))/N。",
-                                   lambda x, t: torch.softmax(x, 1) - F.one_hot(t, x.shape[1]).to(x.dtype)),
-                           Mistake("梯度的符号反了：应为 softmax(x) − onehot(y)。",
-                                   lambda x, t: (F.one_hot(t, x.shape[1]).to(x.dtype) - torch.softmax(x, 1)) / x.shape[0]),
-                           Mistake("除以了 N·C，应只除以样本数 N。",
-                                   lambda x, t: (torch.softmax(x, 1) - F.one_hot(t, x.shape[1]).to(x.dtype)) / x.numel())]),
-    Exercise("weighted_ce", "加权交叉熵", "weighted_cross_entropy", "(logits, target, weight)", 1, "03_classification",
-             ref.weighted_cross_entropy, _weighted_cases,
-             forbidden=[Forbidden("F.cross_entropy / nn.CrossEntropyLoss", _f("cross_entropy")),
-                        Forbidden("F.nll_loss", _f("nll_loss"))],
-             mistakes=[Mistake("加权交叉熵应除以目标类别权重之和 Σᵢ w_{yᵢ}，而不是 N（(w[y]·CE).mean() 是 Keras 的 class_weight 和不少仓库的约定，与 PyTorch 的 weight= 不同）。",
-                               lambda x, t, w: (w[t] * _ce_rows(x, t)).sum() / x.shape[0]),
-                       Mistake("权重没有起作用：你计算的是普通交叉熵。", lambda x, t, w: _ce_rows(x, t).mean()),
-                       Mistake("分母应是每个样本目标类别权重之和 Σᵢ w_{yᵢ}，而不是所有类别权重之和 Σ_c w_c。",
-                               lambda x, t, w: (w[t] * _ce_rows(x, t)).sum() / w.sum())]),
-    Exercise("label_smoothing_ce", "标签平滑交叉熵", "label_smoothing_cross_entropy", "(logits, target, smoothing=0.1)", 1,
-             "03_classification", ref.label_smoothing_cross_entropy,
-             _class_cases(extra_kw=[{"smoothing": 0.2}, {"smoothing": 0.0}], large=True),
-             forbidden=[Forbidden("F.cross_entropy(label_smoothing=...)", _f("cross_entropy"),
-                                  lambda kw: bool(kw.get("label_smoothing"))),
-                        Forbidden("F.nll_loss", _f("nll_loss"))],
-             mistakes=[Mistake("你把 ε 分给了其他 K − 1 个类别（fairseq 的 label_smoothed_nll_loss 的约定）；本课程（与 PyTorch 一致）的目标是 (1 − ε)·onehot + ε/K，ε/K 分给全部 K 个类别。",
-                               lambda x, t, smoothing=0.1: _ls_km1(x, t, smoothing)),
-                       Mistake("平滑没有起作用：你计算的是普通交叉熵。", lambda x, t, smoothing=0.1: _ce_rows(x, t).mean()),
-                       Mistake("缺少均匀分布那一项 ε·(−Σ_k log p_k)/K。",
-                               lambda x, t, smoothing=0.1: ((1 - smoothing) * _ce_rows(x, t)).mean())]),
-    Exercise("focal", "Focal Loss（多分类）", "focal_loss", "(logits, target, alpha=1.0, gamma=2.0)", 2,
-             "03_classification", ref.focal_loss, _class_cases(extra_kw=[{"alpha": 0.25, "gamma": 1.0}, {"gamma": 0.0}]),
-             mistakes=[Mistake("调制因子应是 (1 − p_t)^γ，不是 p_t^γ：p_t 是真实类别的概率。",
-                               lambda x, t, alpha=1.0, gamma=2.0: (alpha * torch.exp(-_ce_rows(x, t)) ** gamma * _ce_rows(x, t)).mean()),
-                       Mistake("缺少调制因子 (1 − p_t)^γ：你计算的是 α·CE。",
-                               lambda x, t, alpha=1.0, gamma=2.0: (alpha * _ce_rows(x, t)).mean()),
-                       Mistake(_SUM_HINT.replace("元素个数 n", "样本数 N"),
-                               lambda x, t, alpha=1.0, gamma=2.0: ref.focal_loss.__wrapped_reference__(x, t, alpha, gamma) * x.shape[0]),
-                       Mistake("p_t 应取真实类别的概率，你用了最大概率。",
-                               lambda x, t, alpha=1.0, gamma=2.0: (alpha * (1 - torch.softmax(x, 1).max(1).values) ** gamma
-                                                                   * _ce_rows(x, t)).mean())]),
-    Exercise("sigmoid_focal", "Sigmoid Focal Loss（RetinaNet 形式）", "sigmoid_focal_loss",
-             "(logits, target, alpha=0.25, gamma=2.0)", 2, "03_classification", ref.sigmoid_focal_loss, _binary_focal_cases,
-             curve=Curve(ref.sigmoid_focal_loss, _logit_point, **_LOGIT_CURVE),
-             mistakes=[Mistake("α_t 反了：正样本（y = 1）乘 α，负样本乘 1 − α。",
-                               lambda x, y, alpha=0.25, gamma=2.0: _sfl(x, y, alpha, gamma, swap=True)),
-                       Mistake("alpha < 0 表示不使用 α_t 加权，你仍然乘了 α_t（kornia 和 segmentation_models_pytorch 用 alpha=None 关闭加权，负的 alpha 照样相乘；本课程与 torchvision 一致）。",
-                               lambda x, y, alpha=0.25, gamma=2.0: _sfl(x, y, alpha, gamma, always_alpha=True)),
-                       Mistake("调制因子应使用 p_t（真实标签的概率）：(1 − p_t)^γ，你用了 (1 − p)^γ。",
-                               lambda x, y, alpha=0.25, gamma=2.0: _sfl(x, y, alpha, gamma, use_p=True)),
-                       Mistake(_SUM_HINT, lambda x, y, alpha=0.25, gamma=2.0: _sfl(x, y, alpha, gamma) * x.numel())]),
-    Exercise("contrastive", "对比损失", "contrastive_loss", "(x1, x2, label, margin=1.0)", 1, "04_other",
-             ref.contrastive_loss, _pair_cases,
-             mistakes=[Mistake("标签约定反了：本课程（原教程的公式）中 y = 0 表示相似，y = 1 表示不相似（不少 Siamese 实现用 1 表示相似）。",
-                               lambda a, b, y, margin=1.0: ref.contrastive_loss.__wrapped_reference__(a, b, 1 - y, margin)),
-                       Mistake("相似样本的项应是 d²，你用了 d。",
-                               lambda a, b, y, margin=1.0: ((1 - y) * (a - b).norm(dim=1)
-                                                            + y * (margin - (a - b).norm(dim=1)).clamp(min=0) ** 2).mean()),
-                       Mistake("缺少 max(0, margin − d)：距离已超过 margin 的不相似样本不应再产生损失。",
-                               lambda a, b, y, margin=1.0: ((1 - y) * (a - b).norm(dim=1) ** 2
-                                                            + y * (margin - (a - b).norm(dim=1)) ** 2).mean()),
-                       Mistake("d 应是欧氏距离（平方和再开方）：你把平方距离当成了 d。",
-                               lambda a, b, y, margin=1.0: ref.contrastive_loss.__wrapped_reference__(
-                                   ((a - b) ** 2).sum(1, keepdim=True), torch.zeros_like(a[:, :1]), y, margin))]),
-    Exercise("triplet", "三元组损失", "triplet_loss", "(anchor, positive, negative, margin=1.0)", 1, "04_other",
-             ref.triplet_loss, _triplet_cases,
-             forbidden=[Forbidden("F.triplet_margin_loss / nn.TripletMarginLoss",
-                                  _f("triplet_margin_loss", "triplet_margin_with_distance_loss"))],
-             mistakes=[Mistake("缺少铰链 max(0, ·)：已经满足间隔的三元组不应产生（负的）损失。",
-                               lambda a, p, n, margin=1.0: ((a - p).norm(dim=1) - (a - n).norm(dim=1) + margin).mean()),
-                       Mistake("距离应是欧氏距离，你用了平方距离（FaceNet 原文的形式）。",
-                               lambda a, p, n, margin=1.0: (((a - p) ** 2).sum(1) - ((a - n) ** 2).sum(1) + margin).clamp(min=0).mean()),
-                       Mistake("正负样本反了：应为 max(0, d(a, p) − d(a, n) + margin)。",
-                               lambda a, p, n, margin=1.0: ((a - n).norm(dim=1) - (a - p).norm(dim=1) + margin).clamp(min=0).mean())]),
-    Exercise("dice", "Dice 损失", "dice_loss", "(logits, target, smooth=1.0)", 2, "04_other", ref.dice_loss,
-             _segmentation_cases,
-             error_hints=[("The size of tensor a", ONEHOT_HINT)],
-             mistakes=[Mistake("忘了对 logits 做 softmax：Dice 作用在概率上。",
-                               lambda x, t, smooth=1.0: _dice(x, t, smooth, probs=False)),
-                       Mistake("缺少平滑项 s：分子 2Σpt + s，分母 Σp + Σt + s。", lambda x, t, smooth=1.0: _dice(x, t, 0.0)),
-                       Mistake("分子缺少系数 2：Dice = (2Σpt + s)/(Σp + Σt + s)。", lambda x, t, smooth=1.0: _dice(x, t, smooth, two=1.0)),
-                       Mistake("多分类应在类别维上用 softmax，而不是逐元素 sigmoid。",
-                               lambda x, t, smooth=1.0: _dice(x, t, smooth, sigmoid=True))]),
-    Exercise("iou", "IoU 损失（掩码）", "iou_loss", "(logits, target, smooth=1.0)", 1, "04_other", ref.iou_loss,
-             _segmentation_cases,
-             error_hints=[("The size of tensor a", ONEHOT_HINT)],
-             mistakes=[Mistake("并集忘了减去交集：|X ∪ Y| = Σp + Σt − I。", lambda x, t, smooth=1.0: _iou(x, t, smooth, subtract=False)),
-                       Mistake("你计算的是 Dice 损失，不是 IoU 损失。", lambda x, t, smooth=1.0: _dice(x, t, smooth)),
-                       Mistake("忘了对 logits 做 softmax。", lambda x, t, smooth=1.0: _iou(x, t, smooth, probs=False))]),
-    Exercise("box_iou", "边界框 IoU 损失", "box_iou_loss", "(pred_boxes, target_boxes)", 2, "04_other", ref.box_iou_loss,
-             _box_cases,
-             mistakes=[Mistake("并集忘了减去交集：union = area_p + area_t − inter。", lambda p, t: _biou(p, t, subtract=False)),
-                       Mistake("不相交的框交集的宽或高为负：需要 clamp(min=0)，否则 IoU 会出错。", lambda p, t: _biou(p, t, clamp=False)),
-                       Mistake("返回的是 IoU 的平均，损失应是 1 − IoU。", lambda p, t: 1 - _biou(p, t)),
-                       Mistake(_SUM_HINT.replace("元素个数 n", "框数 N"), lambda p, t: _biou(p, t) * p.shape[0])]),
-    Exercise("combined", "组合损失（CE + Dice）", "combined_loss", "(logits, target, alpha=0.5)", 1, "04_other",
-             ref.combined_loss, _class_cases(extra_kw=[{"alpha": 0.8}], large=False),
-             error_hints=[("The size of tensor a", ONEHOT_HINT)],
-             mistakes=[Mistake("α 的位置反了：α·CE + (1 − α)·Dice。",
-                               lambda x, t, alpha=0.5: ref.combined_loss.__wrapped_reference__(x, t, 1 - alpha)),
-                       Mistake("Dice 部分忘了对 logits 做 softmax。",
-                               lambda x, t, alpha=0.5: alpha * _ce_rows(x, t).mean() + (1 - alpha) * _dice(x, t, 1.0, probs=False)),
-                       Mistake("两部分没有按 α 加权：应为 α·CE + (1 − α)·Dice。",
-                               lambda x, t, alpha=0.5: _ce_rows(x, t).mean() + _dice(x, t, 1.0))]),
-    OutcomeExercise("robust_fit", "用 Huber 损失稳健地拟合直线", "fit_line_robust", "(x, y) -> (w, b)", 2, "05_selection",
-                    None, _robust_fit_cases, evaluate=_evaluate_robust_fit, returns="pair", time_limit=30.0),
-    OutcomeExercise("imbalanced_recall", "不平衡数据：提高少数类召回率", "train_imbalanced", "(x, y) -> model", 2,
-                    "05_selection", None, _imbalanced_cases, evaluate=_evaluate_imbalanced, returns="model",
-                    request_fields=("x_test",), time_limit=60.0),
-    Exercise("mae_api", "修正后的 MAE 代码片段（nn.L1Loss）", "mae_with_l1loss", "(pred, target)", 1, "06_code",
-             ref.mae_loss, _regression_cases(), required=("nn.L1Loss", _f("l1_loss")),
-             forbidden=[Forbidden("nn.MSELoss / F.mse_loss", _f("mse_loss"), message=(
-                 "不要调用 nn.MSELoss / F.mse_loss：那是平方误差。原教程正是在这里写错了，"
-                 "应为 mae_loss = nn.L1Loss()，然后 loss = mae_loss(pred, target)。"))],
-             mistakes=[Mistake("原教程的错误：创建了 mae_loss = nn.L1Loss()，却调用了 mse_loss(pred, target)。应为 loss = mae_loss(pred, target)。",
-                               lambda p, t: ((p - t) ** 2).mean())]),
-    ModuleExercise("focal_module", "FocalLoss 模块", "FocalLoss", "(alpha=1, gamma=2)", 1, "06_code", ref.focal_loss,
-                   _module_cases(_class_cases(extra_kw=[{"alpha": 0.25, "gamma": 1.0}]), {}),
-                   mistakes=[Mistake("调制因子应是 (1 − p_t)^γ，不是 p_t^γ。",
-                                     lambda x, t, alpha=1.0, gamma=2.0: (alpha * torch.exp(-_ce_rows(x, t)) ** gamma * _ce_rows(x, t)).mean())]),
-    ModuleExercise("dice_module", "DiceLoss 模块（类别索引目标）", "DiceLoss", "(smooth=1.0)", 1, "06_code", ref.dice_loss,
-                   _module_cases(_segmentation_cases, {}),
-                   error_hints=[("The size of tensor a", ONEHOT_HINT)],
-                   mistakes=[Mistake("忘了对 logits 做 softmax。", lambda x, t, smooth=1.0: _dice(x, t, smooth, probs=False))]),
-    ModuleExercise("combined_module", "CombinedLoss 模块（修正版）", "CombinedLoss", "(alpha=0.5)", 1, "06_code",
-                   ref.combined_loss, _module_cases(_class_cases(extra_kw=[{"alpha": 0.8}], large=False), {}),
-                   error_hints=[("The size of tensor a", ONEHOT_HINT)],
-                   mistakes=[Mistake("α 的位置反了：α·CE + (1 − α)·Dice。",
-                                     lambda x, t, alpha=0.5: ref.combined_loss.__wrapped_reference__(x, t, 1 - alpha))]),
-    ModuleExercise("label_smoothing_module", "LabelSmoothingCrossEntropy 模块", "LabelSmoothingCrossEntropy",
-                   "(smoothing=0.1)", 1, "06_code", ref.label_smoothing_cross_entropy,
-                   _module_cases(_class_cases(extra_kw=[{"smoothing": 0.2}]), {}),
-                   forbidden=[Forbidden("F.cross_entropy(label_smoothing=...)", _f("cross_entropy"),
-                                        lambda kw: bool(kw.get("label_smoothing")))],
-                   mistakes=[Mistake("你把 ε 分给了其他 K − 1 个类别；应把 ε/K 分给全部 K 个类别。",
-                                     lambda x, t, smoothing=0.1: _ls_km1(x, t, smoothing))]),
-    ModuleExercise("weighted_ce_module", "类别权重随 logits 设备移动的加权交叉熵", "WeightedCrossEntropy",
-                   "(class_weights)", 1, "06_code",
-                   lambda logits, target, class_weights: ref.weighted_cross_entropy.__wrapped_reference__(
-                       logits, target, class_weights.to(logits.dtype)),
-                   _module_weighted_cases,
-                   mistakes=[Mistake("加权交叉熵应除以目标类别权重之和，而不是 N。",
-                                     lambda x, t, class_weights: (class_weights.to(x.dtype)[t] * _ce_rows(x, t)).sum() / x.shape[0])]),
-]
-
 
 def _ls_km1(x, t, eps):
     log_p = torch.log_softmax(x, 1)
@@ -1264,18 +1022,3 @@ _VARIANTS = {
                          "α·CE + (1 − α)·Dice，Dice 在整个批量上只算一个",
                          lambda x, t, alpha=0.5: alpha * _ce_rows(x, t).mean() + (1 - alpha) * _dice_per_class(x, t, 1.0))],
 }
-for _ex in _list:
-    _ex.mistakes += tuple(_VARIANTS.get(_ex.id, ()))
-
-
-EXERCISES = {ex.id: ex for ex in _list}
-
-
-def plot_label_characters() -> str:
-    """Every character the feedback plots draw outside mathtext (the legends and each
-    exercise's axis label): what the course's font subset must hold."""
-    import re
-    from .plots import LEGEND_REFERENCE, LEGEND_STUDENT
-    texts = [LEGEND_REFERENCE, LEGEND_STUDENT] + [ex.curve.xlabel for ex in EXERCISES.values() if ex.curve]
-    plain = "".join(re.sub(r"\$[^$]*\$", "", t) for t in texts)
-    return "".join(sorted(set(plain) | {chr(c) for c in range(32, 127)}))
