@@ -150,13 +150,19 @@ def _recover_interrupted_write(path):
         finally:
             con.close()
     except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise GradebookError(f"the gradebook {path} stayed locked by another process for "
-                                 f"{BUSY_TIMEOUT:.0f} s; try again when it has finished") from exc
+        _raise_if_locked(path, exc)
         return f"SQLite cannot recover an interrupted write ({exc})"
     except sqlite3.DatabaseError as exc:
         return f"SQLite cannot recover an interrupted write ({exc})"
     return None
+
+
+def _raise_if_locked(path, exc):
+    """A gradebook held by another writer past the busy timeout is an error to report, not a
+    sign of corruption."""
+    if "locked" in str(exc) or "busy" in str(exc):
+        raise GradebookError(f"the gradebook {path} stayed locked by another process for "
+                             f"{BUSY_TIMEOUT:.0f} s; try again when it has finished") from exc
 
 
 def _sqlite_problem(path):
@@ -204,9 +210,7 @@ def _sqlite_problem(path):
                 return (f"its table {table} lacks the columns {', '.join(lacking)}: it was written by "
                         "another nbgrader version (back it up, then run `nbgrader db upgrade`)")
     except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise GradebookError(f"the gradebook {path} stayed locked by another process for "
-                                 f"{BUSY_TIMEOUT:.0f} s; try again when it has finished") from exc
+        _raise_if_locked(path, exc)
         return f"SQLite cannot read it ({exc})"
     except sqlite3.DatabaseError as exc:
         return f"SQLite cannot read it ({exc})"
