@@ -212,6 +212,11 @@ def parse_local(address: str):
     return None
 
 
+# Dask settings held while a LocalCluster of ours runs (see DaskExecutor.__init__).
+LOCAL_CLUSTER_CONFIG = {"distributed.scheduler.allowed-failures": 0,
+                        "distributed.deploy.lost-worker-timeout": "1 day"}
+
+
 class DaskExecutor:
     """Tasks on a Dask cluster; results through ``distributed.as_completed``."""
 
@@ -222,14 +227,19 @@ class DaskExecutor:
         except ImportError:
             raise ExecutorError("lossgrader autograde --dask needs Dask distributed: "
                                 "pip install 'dask[distributed]' (or pip install 'lossgrader[cluster]')")
-        self.address, self.cluster, self._closed = address, None, False
+        self.address, self.cluster, self._closed, self._config = address, None, False, None
         n = parse_local(address)
         try:
             if n is not None:
-                # the scheduler gives up on a task at the first worker death: the coordinator retries
-                with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-                    self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                                dashboard_address=None, silence_logs=logging.ERROR)
+                # Held until close(), as the cluster reads it while it runs. allowed-failures 0:
+                # the scheduler gives up on a task at the first worker death (the coordinator
+                # retries). lost-worker-timeout: lost-worker-timeout after each departure of a
+                # worker, a LocalCluster closes its nanny for good if the worker is absent at
+                # that moment; a restart slower than that (importing torch on a loaded machine)
+                # or a second hang on the same worker then would lose its slot for the batch.
+                self._config = dask.config.set(LOCAL_CLUSTER_CONFIG)
+                self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                            dashboard_address=None, silence_logs=logging.ERROR)
                 self.client = Client(self.cluster)
             elif address.endswith(".json") or os.path.isfile(address):
                 if not os.path.isfile(address):
@@ -241,7 +251,11 @@ class DaskExecutor:
         except (OSError, TimeoutError, ValueError) as exc:
             if self.cluster is not None:
                 self.cluster.close()
+            self._release_config()
             raise ExecutorError(f"lossgrader autograde: cannot reach the Dask scheduler {address}: {exc}")
+        except BaseException:
+            self._release_config()
+            raise
         self._starts = {}       # task key -> (monotonic time, worker address)
         self._lock = threading.Lock()
         self._threads = (0, 0.0)
@@ -368,8 +382,16 @@ class DaskExecutor:
         try:
             self.client.close()
         finally:
-            if self.cluster is not None:
-                self.cluster.close()
+            try:
+                if self.cluster is not None:
+                    self.cluster.close()
+            finally:
+                self._release_config()
+
+    def _release_config(self) -> None:
+        if self._config is not None:
+            self._config.__exit__(None, None, None)
+            self._config = None
 
 
 def open_executor(dask=None, jobs=1, sandbox=True):

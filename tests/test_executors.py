@@ -7,6 +7,7 @@ Dask tasks only): the grading logic itself is not touched. Everything lives unde
 tmp_path; hand-ins are copies of the sample class's 02_regression."""
 import os
 import shutil
+import time
 
 import pytest
 
@@ -74,12 +75,36 @@ def cluster(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(executors.FAULTS_ENV, "die-once:b_dies_once die:c_dies hang:d_hangs")
         mp.setenv(executors.FAULTS_DIR_ENV, str(marks))
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        with dask.config.set(executors.LOCAL_CLUSTER_CONFIG):
             with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
                 scheduler_file = str(marks / "scheduler.json")
                 with distributed.Client(c) as client:
                     client.write_scheduler_file(scheduler_file)
                 yield {"tcp": c.scheduler_address, "file": scheduler_file}
+
+
+def test_a_local_cluster_keeps_a_slow_restarting_worker():
+    """A LocalCluster closes a worker's nanny for good when the worker is still away
+    lost-worker-timeout after it left. Here that timeout is shorter than any restart (as a
+    restart importing torch on a loaded machine can exceed the default 15 s): the executor's
+    own setting must keep the slot, or a hung hand-in would cost the batch a worker."""
+    import dask
+
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "10ms"}):
+        ex = executors.DaskExecutor("local:1", sandbox=False)
+        try:
+            (first,) = ex.client.nthreads()
+            ex.client.run(executors._exit_worker, workers=[first], on_error="ignore")
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and set(ex.client.nthreads()) in (set(), {first}):
+                time.sleep(0.2)
+            (second,) = ex.client.nthreads()
+            assert second != first
+            time.sleep(1)       # the cluster's check runs 10 ms after the departure
+            assert ex.client.submit(os.getpid, pure=False).result(timeout=60) > 0
+        finally:
+            ex.close()
+    assert dask.config.get("distributed.deploy.lost-worker-timeout") != "1 day"
 
 
 def test_dask_local_grades_like_the_local_pool(tmp_path, capsys):
