@@ -137,7 +137,10 @@ class LocalPool:
             self.pool = concurrent.futures.ThreadPoolExecutor(self.jobs)
 
     def close(self) -> None:
+        from .warm import close_all
+
         self.pool.shutdown(wait=not self._left_behind, cancel_futures=True)
+        close_all()     # the threads' warm sandboxes (lossgrader.warm) end with the batch
 
 
 # --------------------------------------------------------------------------------------

@@ -613,6 +613,10 @@ class Sandbox:
     ``enabled=False``: no bwrap (unsafe), only the limits.
     ``devices``: device files bound into the sandbox's minimal ``/dev`` (``gpu_devices()``
     for grading on CUDA: the NVIDIA driver's libraries come with ``/usr``).
+    ``as_pid_1``: the command itself is the PID namespace's init (bwrap installs no
+    reaper of its own): signals from inside the sandbox reach it only where it set a
+    handler, SIGKILL and SIGSTOP never, and no other process of the sandbox outlives it
+    (``lossgrader.warm``'s zygote).
     """
 
     def __init__(
@@ -625,6 +629,7 @@ class Sandbox:
         env: dict | None = None,
         enabled: bool = True,
         devices: Sequence[str] = (),
+        as_pid_1: bool = False,
         _use_cgroups: bool = True,
     ):
         self.scratch = os.path.abspath(os.fspath(scratch))
@@ -642,6 +647,7 @@ class Sandbox:
         self.env = dict(env or {})
         self.enabled = enabled
         self.devices = tuple(d for d in devices if os.path.exists(d))
+        self.as_pid_1 = as_pid_1
         self._use_cgroups = _use_cgroups
         self._cgroup: _Cgroup | None = None
         self._cgroup_tried = False
@@ -746,6 +752,10 @@ class Sandbox:
              "--cap-drop", "ALL"]
         if "--disable-userns" in features:
             a.append("--disable-userns")
+        if self.as_pid_1:
+            if "--as-pid-1" not in features:
+                raise RuntimeError("this bwrap has no --as-pid-1")
+            a.append("--as-pid-1")
 
         # the system, read-only
         a += ["--ro-bind", "/usr", "/usr"]

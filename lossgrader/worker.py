@@ -39,7 +39,7 @@ MAX_RESPONSE_BYTES = 64 * 2 ** 20
 MAX_NOTEBOOK_BYTES = 64 * 2 ** 20      # a hand-in's notebook file; larger is refused before parsing
 MAX_RESTARTS = 8
 CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([A-Za-z0-9_]+)["']\s*,\s*([A-Za-z_][A-Za-z0-9_]*)""")
-RUNTIME_FILES = ("runtime.py", "guards.py")
+RUNTIME_FILES = ("runtime.py", "guards.py", "zygote.py")
 SANDBOX_INIT = '''"""lossgrader inside the grading sandbox: the student-side runtime only.
 
 The references, the exercise registry and the expected values are not here: the
@@ -106,30 +106,61 @@ def runtime_package(parent: str) -> str:
     return root
 
 
+def sandbox_settings(task, scratch, runtime_root) -> dict:
+    """The keyword arguments of the hand-in's Sandbox (lossgrader.sandbox.Sandbox)."""
+    from .sandbox import Limits, gpu_devices
+
+    device = torch.device(task.get("device") or "cpu")
+    genuine = os.path.dirname(os.path.abspath(__file__))
+    hide = tuple(sorted(p for p in {*task.get("hide", ()), genuine} if p and os.path.exists(p)))
+    env = {"PYTHONPATH": runtime_root, "LOSSGRADER_DEVICE": str(device), "MPLBACKEND": "agg",
+           "HOME": scratch, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    return {"limits": Limits(**task.get("limits", {})), "extra_ro": (runtime_root,), "hide": hide, "env": env,
+            "devices": tuple(gpu_devices()) if device.type == "cuda" else ()}
+
+
+def _warm_sandbox(task):
+    """This thread's warm sandbox for the task's settings (lossgrader.warm), or None:
+    with --no-sandbox, where bwrap is missing, or where one cannot start."""
+    from . import warm
+    from .sandbox import bwrap_problem
+
+    if not task.get("sandbox", True) or task.get("warm") is False or bwrap_problem() is not None:
+        return None
+    # the settings but for the folder, which is the warm sandbox's own
+    probe = sandbox_settings(task, "<scratch>", "<runtime>")
+    key = json.dumps({**probe, "limits": vars(probe["limits"])}, sort_keys=True, default=str)
+
+    def factory():
+        folder = warm.new_folder()
+        try:
+            root = runtime_package(folder)
+            settings = sandbox_settings(task, os.path.join(folder, "handin"), root)
+            return warm.WarmSandbox(key, folder, root, settings["limits"], hide=settings["hide"],
+                                    env=settings["env"], devices=settings["devices"])
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+    return warm.acquire(key, factory)
+
+
 class _Handin:
     """State of one notebook being graded."""
 
-    def __init__(self, task, scratch, runtime_root, log):
-        from .sandbox import Limits, Sandbox, gpu_devices
+    def __init__(self, task, scratch, runtime_root, log, warm=None):
+        from .sandbox import Sandbox
 
         self.task, self.scratch, self.log = task, scratch, log
         self.device = torch.device(task.get("device") or "cpu")
         self.cell_timeout = float(task.get("cell_timeout") or DEFAULT_CELL_TIMEOUT)
         self.deadline = task["deadline"]
-        limits = Limits(**task.get("limits", {}))
-        self.output_cap = limits.max_output_bytes
-        genuine = os.path.dirname(os.path.abspath(__file__))
-        hide = tuple(p for p in {*task.get("hide", ()), genuine} if p and os.path.exists(p))
-        env = {"PYTHONPATH": runtime_root, "LOSSGRADER_DEVICE": str(self.device), "MPLBACKEND": "agg",
-               "HOME": scratch, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-
-        devices = gpu_devices() if self.device.type == "cuda" else ()
+        settings = sandbox_settings(task, scratch, runtime_root)
+        self.output_cap = settings["limits"].max_output_bytes
 
         def make_sandbox():
-            return Sandbox(scratch, limits, extra_ro=(runtime_root,), hide=hide, env=env,
-                           enabled=bool(task.get("sandbox", True)), devices=devices)
+            return Sandbox(scratch, enabled=bool(task.get("sandbox", True)), **settings)
         from .kernel import KernelSession
-        self.kernel = KernelSession(make_sandbox, scratch, self.output_cap)
+        self.kernel = KernelSession(make_sandbox, scratch, self.output_cap, warm=warm)
         self.done = []          # code cells that ran to completion, replayed after a restart
         self.requests = 0
         self.timings = {}       # phase -> seconds: where a hand-in's time goes
@@ -344,11 +375,16 @@ def grade_handin(task: dict) -> HandinResult:
                   if c["kind"] in ("grade", "grade+solution") and c.get("points") is not None}
     result = HandinResult(student, assignment, max_scores=max_scores)
     log = []
-    parent = tempfile.mkdtemp(prefix="lossgrader-")
+    warm = parent = None
     try:
-        scratch = os.path.join(parent, "handin")
-        os.makedirs(scratch)
-        runtime_root = runtime_package(parent)
+        warm = _warm_sandbox(task)
+        if warm is not None:
+            scratch, runtime_root = warm.scratch, warm.runtime_root
+        else:
+            parent = tempfile.mkdtemp(prefix="lossgrader-")
+            scratch = os.path.join(parent, "handin")
+            os.makedirs(scratch)
+            runtime_root = runtime_package(parent)
         for name in sorted(released):
             nb, reason = read_notebook(name, task["notebooks"].get(name))
             if reason:
@@ -356,7 +392,7 @@ def grade_handin(task: dict) -> HandinResult:
             log += normalize(nb, released[name])
             with open(os.path.join(scratch, name + ".ipynb"), "w", encoding="utf-8") as fh:
                 nbformat.write(nb, fh)
-            handin = _Handin(task, scratch, runtime_root, log)
+            handin = _Handin(task, scratch, runtime_root, log, warm=warm if warm and not warm.broken else None)
             try:
                 grade_notebook(handin, nb, max_scores, result)
             except HandinTimeout:
@@ -376,7 +412,11 @@ def grade_handin(task: dict) -> HandinResult:
         return HandinResult.failure(student, assignment, f"grading failed: {exc.__class__.__name__}: {exc}"[:300],
                                     max_scores, log="\n".join(log))
     finally:
-        shutil.rmtree(parent, ignore_errors=True)
+        if warm is not None:
+            from .warm import release
+            release(warm)      # every process of the hand-in killed, every writable folder emptied
+        if parent is not None:
+            shutil.rmtree(parent, ignore_errors=True)
 
 
 def _is_autograded(released, grade_id) -> bool:

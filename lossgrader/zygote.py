@@ -1,0 +1,297 @@
+"""A warm interpreter inside one sandbox: it imports torch, IPython and ipykernel once,
+then forks a fresh Jupyter kernel for each hand-in the worker sends to that sandbox.
+
+This file runs INSIDE the sandbox (``python -m lossgrader.zygote``, from the sandbox's
+own ``lossgrader`` package: the worker copies it there with the runtime). It is spoken to
+over its stdin/stdout pipes only, one JSON object per line, by ``lossgrader.warm``:
+
+``{"op": "fork", "connection_file": F, "rlimits": [[name, soft, hard], ...]}``
+    fork a kernel that reads its connection file F; answers ``{"pid": N}``.
+``{"op": "alive"}``
+    ``{"alive": bool}``: whether the last forked kernel still runs.
+``{"op": "reset", "wipe": [folder, ...]}``
+    kill every other process of the sandbox (the kernel, whatever it started), empty
+    /tmp, /dev/shm and the folders named, and check that nothing of the zygote itself was
+    changed; answers ``{"clean": bool, "why": str}``. Not clean: the worker throws the
+    sandbox away.
+
+Why hand-ins cannot reach one another through it (the worker resets the sandbox between
+two hand-ins, and grades one hand-in at a time in it):
+
+* The zygote is PID 1 of the sandbox's PID namespace (bwrap ``--as-pid-1``; it refuses to
+  run otherwise). Every other process of the sandbox descends from it and dies with it;
+  from inside, signals reach it only where it set a handler (it sets none), so no
+  SIGKILL or SIGSTOP either. There is no other long-lived process to take over: with
+  bwrap's own reaper as PID 1, a hand-in could ptrace that reaper and outlive the reset.
+* Processes: a reset SIGKILLs every other process of the namespace (``kill(-1)``, which
+  also stops a fork loop) and waits until /proc shows none. Nothing of a hand-in runs
+  when the next one starts.
+* Files: /tmp, /dev/shm and the scratch folder (the only writable places) are emptied.
+  SysV IPC objects (which outlive their processes) make the sandbox unclean.
+* The zygote itself: student code runs as the same uid, so the zygote makes itself
+  non-dumpable (no ptrace, no /proc/PID/mem, fd or environ of it) and after a reset
+  compares what another process of that uid could still change (nice value, scheduling
+  policy, CPU affinity, rlimits, I/O priority) with what it was at start. Its control
+  pipes are closed in each kernel before student code exists.
+* Memory: each kernel is a forked copy; nothing it does reaches the zygote's memory or
+  the next kernel's.
+
+Standard library only until the preload, and no thread may exist when forking.
+"""
+import ctypes
+import json
+import os
+import random
+import re
+import resource
+import signal
+import sys
+import time
+
+PR_SET_DUMPABLE = 4
+PRELOAD = ("torch", "torch.nn", "torch.nn.functional", "numpy", "IPython", "ipykernel.kernelapp",
+           "ipykernel.ipkernel", "matplotlib", "lossgrader", "lossgrader.runtime")
+SYSVIPC = ("/proc/sysvipc/shm", "/proc/sysvipc/msg", "/proc/sysvipc/sem")
+IOPRIO_GET = {"x86_64": 252, "aarch64": 31}
+MAX_LINE = 1 << 20
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _catchable():
+    return [s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD)
+            and s < signal.SIGRTMIN]
+
+
+def _ioprio():
+    number = IOPRIO_GET.get(os.uname().machine)
+    return _libc.syscall(number, 1, 0) if number else None     # IOPRIO_WHO_PROCESS, self
+
+
+def _attributes():
+    """What another process of the same uid can change in this one (and would then pass
+    on to every later kernel)."""
+    limits = {name: resource.getrlimit(getattr(resource, name))
+              for name in dir(resource) if name.startswith("RLIMIT_")}
+    return {"nice": os.getpriority(os.PRIO_PROCESS, 0),
+            "policy": os.sched_getscheduler(0),
+            "priority": os.sched_getparam(0).sched_priority,
+            "affinity": sorted(os.sched_getaffinity(0)),
+            "rlimits": limits,
+            "ioprio": _ioprio()}
+
+
+class Channel:
+    """Lines over two raw file descriptors (no file objects: a forked kernel closes the
+    descriptors, and a stray file object must not close another one later)."""
+
+    def __init__(self, rfd, wfd):
+        self.rfd, self.wfd, self.buf = rfd, wfd, b""
+
+    def read(self):
+        while b"\n" not in self.buf:
+            chunk = os.read(self.rfd, 65536)
+            if not chunk or len(self.buf) > MAX_LINE:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def write(self, obj):
+        data = (json.dumps(obj) + "\n").encode()
+        while data:
+            data = data[os.write(self.wfd, data):]
+
+
+def _others():
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != 1]
+
+
+def _reap():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _kill_all(seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _reap()
+        if not _others():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+
+
+def _mount_points():
+    """Mount points of this sandbox, and the folders above them (on the host the scratch
+    folder and the runtime may lie under /tmp: they are bound inside the sandbox's /tmp)."""
+    points, above = set(), set()
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            fields = line.split()
+            if len(fields) > 4:
+                path = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+                points.add(path)
+                parent = os.path.dirname(path)
+                while parent not in above and parent != "/":
+                    above.add(parent)
+                    parent = os.path.dirname(parent)
+    return points, above
+
+
+def _empty(folder, keep):
+    """Remove everything in ``folder`` but the mount points in ``keep`` = (points, above)
+    (the same uid made it all: a folder without permissions is given them back first).
+    Returns what is left that should not be."""
+    points, above = keep
+    left = []
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return [folder]
+    for name in entries:
+        path = os.path.join(folder, name)
+        if path in points:
+            continue
+        if path in above and os.path.isdir(path) and not os.path.islink(path):
+            try:
+                os.chmod(path, 0o755)
+            except OSError:
+                pass
+            left += _empty(path, keep)
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            try:
+                os.chmod(path, 0o700)
+            except OSError:
+                pass
+            _empty(path, keep)
+            try:
+                os.rmdir(path)
+            except OSError:
+                left.append(path)
+        else:
+            try:
+                os.unlink(path)
+            except OSError:
+                left.append(path)
+    return left
+
+
+def _sysvipc_left():
+    for path in SYSVIPC:
+        try:
+            with open(path) as fh:
+                if len(fh.read().splitlines()) > 1:
+                    return path
+        except OSError:
+            pass
+    return None
+
+
+def _become_kernel(channel, connection_file, rlimits, handlers):
+    """In the forked child: drop what belongs to the zygote, then run ipykernel."""
+    try:
+        os.close(channel.rfd)
+        os.close(channel.wfd)
+        os.setsid()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        for name, soft, hard in rlimits:
+            which = getattr(resource, name)
+            cur_hard = resource.getrlimit(which)[1]
+            if cur_hard != resource.RLIM_INFINITY:
+                soft, hard = min(soft, cur_hard), min(hard, cur_hard)
+            resource.setrlimit(which, (soft, hard))
+        _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)     # a normal process again, as a fresh kernel
+        random.seed()
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed()
+        sys.argv = [sys.argv[0], "-f", connection_file]
+        from ipykernel import kernelapp
+        kernelapp.launch_new_instance(argv=["-f", connection_file])
+    finally:
+        os._exit(0)
+
+
+def _confined():
+    """kill(-1) must only ever reach this sandbox: refuse to run but as the init (PID 1)
+    of a PID namespace of its own (bwrap --as-pid-1), and never as root."""
+    return os.getpid() == 1 and os.getuid() != 0
+
+
+def main():
+    if not _confined():
+        sys.stderr.write("lossgrader.zygote runs only inside a lossgrader sandbox\n")
+        sys.exit(2)
+    rfd, wfd = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    channel = Channel(rfd, wfd)
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    handlers = {}
+    for sig in _catchable():
+        try:
+            handlers[sig] = signal.signal(sig, signal.SIG_IGN)
+        except (OSError, ValueError):
+            pass
+    failed = []
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except Exception as exc:   # the kernel imports it itself (or fails as a fresh one would)
+            failed.append(f"{name}: {exc.__class__.__name__}")
+    baseline = _attributes()
+    channel.write({"ready": True, "pid": os.getpid(), "preload_failed": failed})
+    kernel = None
+    while True:
+        msg = channel.read()
+        if msg is None:
+            _kill_all(2.0)
+            os._exit(0)
+        op = msg.get("op")
+        if op == "fork":
+            kernel = os.fork()
+            if kernel == 0:
+                _become_kernel(channel, msg["connection_file"], msg.get("rlimits", []), handlers)
+            channel.write({"pid": kernel})
+        elif op == "alive":
+            alive = False
+            if kernel is not None:
+                try:
+                    alive = os.waitpid(kernel, os.WNOHANG)[0] == 0
+                except ChildProcessError:
+                    alive = False
+            channel.write({"alive": alive})
+        elif op == "reset":
+            kernel = None
+            why = "" if _kill_all() else "processes left after SIGKILL"
+            keep = _mount_points()
+            for folder in ("/tmp", "/dev/shm", *msg.get("wipe", ())):
+                left = _empty(folder, keep)
+                if left and not why:
+                    why = f"{left[0]} could not be removed"
+            left = _sysvipc_left()
+            if left and not why:
+                why = f"SysV IPC objects left ({left})"
+            if _attributes() != baseline and not why:
+                why = "the zygote's scheduling or limits were changed"
+            channel.write({"clean": not why, "why": why})
+        else:
+            channel.write({"error": f"unknown op {op!r}"})
+
+
+if __name__ == "__main__":
+    main()

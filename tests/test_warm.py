@@ -1,0 +1,214 @@
+"""Warm sandboxes (lossgrader/warm.py, lossgrader/zygote.py): a grading thread keeps one
+sandbox whose zygote forks a kernel per hand-in, and resets it in between. Each test
+grades an attacker ("a_attacker") and then, in the same thread, an honest student
+("b_victim") whose notebook carries one more cell that reports what it sees. The attack
+must not reach the victim: the reset kills and wipes what the attacker left, and a
+zygote the attacker changed is thrown away (the victim then runs in a new sandbox).
+
+Attacks are bounded: the daemon lives 60 s at most and carries the test's token.
+"""
+import json
+import os
+import shutil
+import signal
+import textwrap
+import time
+import uuid
+
+import nbformat
+import pytest
+
+from lossgrader import warm
+from lossgrader.autograde import autograde
+from lossgrader.sandbox import bwrap_problem
+
+pytestmark = pytest.mark.skipif(bwrap_problem() is not None, reason=f"no bwrap here: {bwrap_problem()}")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+A = "02_regression"
+FULL = os.path.join(ROOT, "samples", "submitted", "demo_full", A, A + ".ipynb")
+
+PROBE = textwrap.dedent("""\
+    import json as _json, os as _os, resource as _resource
+    def _files(top):
+        out = []
+        for base, dirs, files in _os.walk(top):
+            out += [_os.path.join(base, f) for f in files]
+        return out
+    _procs = {}
+    for _p in _os.listdir("/proc"):
+        if _p.isdigit():
+            try:
+                with open(f"/proc/{_p}/cmdline", "rb") as _fh:
+                    _procs[_p] = _fh.read().replace(b"\\0", b" ").decode(errors="replace")
+            except OSError:
+                pass
+    print("PROBE" + _json.dumps({
+        "home": _os.environ.get("HOME"), "nice": _os.getpriority(_os.PRIO_PROCESS, 0),
+        "affinity": sorted(_os.sched_getaffinity(0)), "policy": _os.sched_getscheduler(0),
+        "nofile": list(_resource.getrlimit(_resource.RLIMIT_NOFILE)),
+        "files": _files("/tmp") + _files("/dev/shm"), "procs": _procs}))
+    """)
+
+ZYGOTE = textwrap.dedent("""\
+    import os as _os, signal as _signal, resource as _resource, ctypes as _ctypes, sys as _sys
+    with open("/proc/1/cmdline", "rb") as _fh:       # the zygote is the sandbox's init
+        assert b"lossgrader.zygote" in _fh.read()
+    _Z = 1
+    print("HOME" + _os.environ["HOME"])
+    """)
+
+ATTACKS = {
+    "renice": "_os.setpriority(_os.PRIO_PROCESS, _Z, 19)",
+    "affinity": "_os.sched_setaffinity(_Z, sorted(_os.sched_getaffinity(_Z))[:1])",
+    "idle_policy": "_os.sched_setscheduler(_Z, _os.SCHED_IDLE, _os.sched_param(0))",
+    "lower_rlimit": "_resource.prlimit(_Z, _resource.RLIMIT_NOFILE, (32, 32))",
+    "sysv_shm": "_ctypes.CDLL(None).shmget(0, 1 << 20, 0o1000 | 0o600)",   # IPC_PRIVATE, IPC_CREAT
+}
+# signals: the zygote is the PID namespace's init and sets no handler, so none arrives
+SIGNALS = {"kill_zygote": "_os.kill(_Z, _signal.SIGKILL)", "stop_zygote": "_os.kill(_Z, _signal.SIGSTOP)",
+           "term_zygote": "_os.kill(_Z, _signal.SIGTERM)"}
+
+
+def _course(tmp, students):
+    """A course with 02_regression and {student: [cells inserted after the setup cell]}."""
+    root = os.path.join(tmp, "course")
+    os.makedirs(root)
+    for name in ("nbgrader_config.py", "_config.yml"):
+        shutil.copy2(os.path.join(ROOT, name), root)
+    shutil.copytree(os.path.join(ROOT, "tools"), os.path.join(root, "tools"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for top in ("solutions", "exercises"):
+        shutil.copytree(os.path.join(ROOT, top, A), os.path.join(root, top, A))
+    for student, extra in students.items():
+        nb = nbformat.read(FULL, as_version=4)
+        at = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code") + 1
+        nb.cells[at:at] = [nbformat.v4.new_code_cell(src) for src in extra]
+        dest = os.path.join(root, "submitted", student, A)
+        os.makedirs(dest)
+        nbformat.write(nb, os.path.join(dest, A + ".ipynb"))
+    return root
+
+
+def _printed(root, student, marker):
+    nb = nbformat.read(os.path.join(root, "autograded", student, A, A + ".ipynb"), as_version=4)
+    for c in nb.cells:
+        for out in c.get("outputs", []):
+            for line in out.get("text", "").splitlines():
+                if line.startswith(marker):
+                    return line[len(marker):]
+    raise AssertionError(f"{student} printed no {marker}")
+
+
+def _grade(root):
+    results = autograde(root, cell_timeout=60, progress=False, sandbox=True, jobs=1)
+    return {s: r for (s, _), r in results.items()}
+
+
+def test_a_daemon_left_by_one_hand_in_is_gone_before_the_next(tmp_path):
+    """The same warm sandbox serves both; what the attacker started and wrote is gone."""
+    token = uuid.uuid4().hex
+    daemon = textwrap.dedent(f"""\
+        import subprocess as _sp, sys as _sys
+        _code = '''# {token}
+        import os, time
+        end = time.time() + 60
+        while time.time() < end:
+            for d in ("/tmp", "/dev/shm", os.getcwd()):
+                try:
+                    open(os.path.join(d, "pwned-{token}"), "w").write("x")
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        '''
+        _sp.Popen([_sys.executable, "-c", _code], start_new_session=True)
+        open("/tmp/left-{token}", "w").write("x")
+        open("/dev/shm/left-{token}", "w").write("x")
+        _os.makedirs("/tmp/locked-{token}/inner")
+        _os.chmod("/tmp/locked-{token}", 0)
+        """)
+    root = _course(str(tmp_path), {"a_attacker": [ZYGOTE, daemon], "b_victim": [PROBE]})
+    graded = _grade(root)
+    assert graded["b_victim"]["score"] == 6.0
+    seen = json.loads(_printed(root, "b_victim", "PROBE"))
+    assert seen["home"] == _printed(root, "a_attacker", "HOME")      # the same (warm) sandbox
+    assert not [f for f in seen["files"] if token in f]
+    assert not [p for p, cmd in seen["procs"].items() if token in cmd]
+    victim_scratch = os.listdir(seen["home"]) if os.path.isdir(seen["home"]) else []
+    assert not [f for f in victim_scratch if token in f]
+
+
+def test_the_zygote_cannot_be_traced_or_read(tmp_path):
+    """Non-dumpable: no ptrace, no /proc/PID/mem, environ or open file (its control pipes)
+    of the zygote."""
+    probe = textwrap.dedent("""\
+        _out = {}
+        for _name, _try in (("mem", lambda: open(f"/proc/{_Z}/mem", "rb").read(1)),
+                            ("fd", lambda: [_os.open(f"/proc/{_Z}/fd/{_n}", _os.O_RDWR)
+                                            for _n in _os.listdir(f"/proc/{_Z}/fd")] and "opened"),
+                            ("environ", lambda: open(f"/proc/{_Z}/environ", "rb").read()),
+                            ("ptrace", lambda: _ctypes.CDLL(None, use_errno=True).ptrace(16, _Z, 0, 0) or "attached")):
+            try:
+                _r = _try()
+                _out[_name] = "denied" if _r == -1 else "allowed"
+            except OSError:
+                _out[_name] = "denied"
+        print("TRACE" + __import__("json").dumps(_out))
+        """)
+    root = _course(str(tmp_path), {"a_attacker": [ZYGOTE, probe], "b_victim": [PROBE]})
+    graded = _grade(root)
+    assert json.loads(_printed(root, "a_attacker", "TRACE")) == dict.fromkeys(("mem", "fd", "environ", "ptrace"),
+                                                                             "denied")
+    assert graded["b_victim"]["score"] == 6.0
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_a_changed_zygote_is_thrown_away(tmp_path, attack):
+    """What the attacker changed in the zygote would reach every later kernel (a nice value,
+    a CPU, a limit, a SysV segment): the victim gets a new sandbox instead."""
+    root = _course(str(tmp_path), {"a_attacker": [ZYGOTE, ATTACKS[attack]], "b_victim": [PROBE]})
+    graded = _grade(root)
+    assert graded["b_victim"]["status"] == "autograded" and graded["b_victim"]["score"] == 6.0
+    seen = json.loads(_printed(root, "b_victim", "PROBE"))
+    assert seen["home"] != _printed(root, "a_attacker", "HOME")
+    _assert_untouched(seen)
+
+
+@pytest.mark.parametrize("attack", sorted(SIGNALS))
+def test_signals_do_not_reach_the_zygote(tmp_path, attack):
+    root = _course(str(tmp_path), {"a_attacker": [ZYGOTE, SIGNALS[attack]], "b_victim": [PROBE]})
+    graded = _grade(root)
+    assert graded["b_victim"]["status"] == "autograded" and graded["b_victim"]["score"] == 6.0
+    seen = json.loads(_printed(root, "b_victim", "PROBE"))
+    assert seen["home"] == _printed(root, "a_attacker", "HOME")     # it went on serving
+    _assert_untouched(seen)
+
+
+def _assert_untouched(seen):
+    assert seen["nice"] == 0 and seen["policy"] == os.SCHED_OTHER
+    assert seen["affinity"] == sorted(os.sched_getaffinity(0))
+    assert seen["nofile"][0] > 32
+
+
+def test_warm_sandboxes_end_with_the_batch(tmp_path):
+    root = _course(str(tmp_path), {"a": [], "b": []})
+    graded = _grade(root)
+    assert [r["score"] for r in graded.values()] == [6.0, 6.0]
+    time.sleep(0.5)
+    assert not warm._every
+    mine = [p for p in os.listdir("/tmp") if p.startswith(f"{warm.PREFIX}{os.getpid()}-")]
+    assert mine == []
+
+
+def test_a_warm_kernel_is_a_fresh_process_per_hand_in(tmp_path):
+    """Module state set by one hand-in (here torch's seed and a module attribute) is not
+    what the next sees: each kernel is a new fork of the zygote."""
+    set_state = "import torch as _t\n_t.manual_seed(1234)\n_t.LEAK = 'a'\nprint('HOME' + _os.environ['HOME'])\n"
+    see_state = ("import torch as _t, os as _os\nprint('STATE' + repr((getattr(_t, 'LEAK', None), "
+                 "_t.initial_seed())))\nprint('HOME' + _os.environ['HOME'])\n")
+    root = _course(str(tmp_path), {"a": ["import os as _os\n" + set_state], "b": [see_state]})
+    _grade(root)
+    assert _printed(root, "a", "HOME") == _printed(root, "b", "HOME")
+    leak, seed = eval(_printed(root, "b", "STATE"))
+    assert leak is None and seed != 1234
+
