@@ -61,10 +61,13 @@ class WarmSandbox:
         self._buf = b""
         self.proc = self.sandbox.popen([sys.executable, "-m", "lossgrader.zygote"], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        hello = self._reply(START_TIMEOUT)
+        try:
+            hello = self._reply(START_TIMEOUT)
+        except WarmBroken as exc:
+            raise WarmBroken(f"the zygote did not start ({exc})") from None
         if not hello.get("ready"):
             self.kill()
-            raise WarmBroken(f"the zygote did not start: {hello}")
+            raise WarmBroken(f"the zygote did not start: {str(hello.get('why'))[:200]}")
         self.preload_failed = hello.get("preload_failed") or []
 
     # -- the control pipe -------------------------------------------------------------
@@ -147,6 +150,7 @@ class WarmSandbox:
 # -- one warm sandbox per grading thread -------------------------------------------------
 _local = threading.local()
 _every: set = set()
+_unavailable: dict = {}     # key -> why a warm sandbox could not start (not tried again)
 _lock = threading.Lock()
 _swept = False
 
@@ -168,11 +172,19 @@ def new_folder() -> str:
     return tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")
 
 
+def unavailable(key: str) -> str | None:
+    """Why no warm sandbox can start for ``key`` in this process (None: it can)."""
+    with _lock:
+        return _unavailable.get(key)
+
+
 def acquire(key: str, factory) -> WarmSandbox | None:
     """This thread's warm sandbox for ``key`` (``factory()`` makes one when there is
     none, or one for other settings); None when one cannot be started (the caller grades
-    cold)."""
+    cold, and :func:`unavailable` says why: a key that failed once is not tried again)."""
     _sweep_stale()
+    if unavailable(key):
+        return None
     current = getattr(_local, "warm", None)
     if current is not None and (current.broken or current.key != key):
         _drop(current)
@@ -180,7 +192,9 @@ def acquire(key: str, factory) -> WarmSandbox | None:
     if current is None:
         try:
             current = factory()
-        except (WarmBroken, OSError, RuntimeError):
+        except (WarmBroken, OSError, RuntimeError) as exc:
+            with _lock:
+                _unavailable[key] = f"{exc.__class__.__name__}: {exc}"[:300]
             return None
         _local.warm = current
         with _lock:

@@ -119,7 +119,7 @@ def sandbox_settings(task, scratch, runtime_root) -> dict:
             "devices": tuple(gpu_devices()) if device.type == "cuda" else ()}
 
 
-def _warm_sandbox(task):
+def _warm_sandbox(task, log):
     """This thread's warm sandbox for the task's settings (lossgrader.warm), or None:
     with --no-sandbox, where bwrap is missing, or where one cannot start."""
     from . import warm
@@ -141,7 +141,10 @@ def _warm_sandbox(task):
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-    return warm.acquire(key, factory)
+    got = warm.acquire(key, factory)
+    if got is None:
+        log.append(f"no warm sandbox, graded in a fresh one: {warm.unavailable(key)}")
+    return got
 
 
 class _Handin:
@@ -377,7 +380,7 @@ def grade_handin(task: dict) -> HandinResult:
     log = []
     warm = parent = None
     try:
-        warm = _warm_sandbox(task)
+        warm = _warm_sandbox(task, log)
         if warm is not None:
             scratch, runtime_root = warm.scratch, warm.runtime_root
         else:

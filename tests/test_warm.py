@@ -212,3 +212,45 @@ def test_a_warm_kernel_is_a_fresh_process_per_hand_in(tmp_path):
     leak, seed = eval(_printed(root, "b", "STATE"))
     assert leak is None and seed != 1234
 
+
+
+def test_without_a_warm_sandbox_hand_ins_are_graded_cold(tmp_path, monkeypatch):
+    """A zygote that cannot start (here: refused at once) costs speed, not grades: every
+    hand-in gets a fresh sandbox, the log says why, and the start is not tried again."""
+    monkeypatch.setattr(warm, "_unavailable", {})
+    starts = []
+
+    def refuse(self, *args, **kwargs):
+        starts.append(1)
+        raise warm.WarmBroken("the zygote did not start (test)")
+    monkeypatch.setattr(warm.WarmSandbox, "__init__", refuse)
+    root = _course(str(tmp_path), {"a": [PROBE], "b": [PROBE]})
+    graded = _grade(root)
+    assert [r["score"] for r in graded.values()] == [6.0, 6.0]
+    assert len(starts) == 1
+    homes = {json.loads(_printed(root, s, "PROBE"))["home"] for s in ("a", "b")}
+    assert len(homes) == 2 and not any(warm.PREFIX in h for h in homes)
+    with open(os.path.join(root, ".lossgrader", "logs", f"a__{A}.log"), encoding="utf-8") as fh:
+        assert "no warm sandbox" in fh.read()
+
+
+def test_a_warm_sandbox_lost_mid_hand_in_leaves_it_to_a_cold_one(tmp_path, monkeypatch):
+    """The zygote is lost when the kernel should be forked: the hand-in goes on in a cold
+    sandbox on the same scratch folder, with its full grade; the next gets a new warm one."""
+    real = warm.WarmSandbox.fork_kernel
+    lost = []
+
+    def lose_once(self, connection_file):
+        if not lost:
+            lost.append(self.folder)
+            self.kill()
+            raise warm.WarmBroken("the zygote exited (test)")
+        return real(self, connection_file)
+    monkeypatch.setattr(warm.WarmSandbox, "fork_kernel", lose_once)
+    root = _course(str(tmp_path), {"a": [PROBE], "b": [PROBE]})
+    graded = _grade(root)
+    assert [r["score"] for r in graded.values()] == [6.0, 6.0]
+    first, second = (json.loads(_printed(root, s, "PROBE"))["home"] for s in ("a", "b"))
+    assert first.startswith(lost[0])                    # the cold sandbox used the same scratch folder
+    assert warm.PREFIX in second and not second.startswith(lost[0])
+    assert not os.path.exists(lost[0])                  # removed with the hand-in
