@@ -155,16 +155,28 @@ _lock = threading.Lock()
 _swept = False
 
 
+STALE_SECONDS = 3600
+
+
 def _sweep_stale() -> None:
-    """Remove the folders of warm sandboxes whose process is gone (killed without atexit)."""
+    """Remove the folders of warm sandboxes whose process is gone (killed without atexit)
+    and whose scratch folder has not changed for an hour (a process in another PID
+    namespace sharing this /tmp may look gone: its folder changes with every hand-in)."""
     global _swept
     with _lock:
         if _swept:
             return
         _swept = True
+    now = time.time()
     for path in glob.glob(os.path.join(tempfile.gettempdir(), PREFIX + "*")):
         pid = os.path.basename(path)[len(PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+        if not pid.isdigit() or int(pid) == os.getpid() or os.path.exists(f"/proc/{pid}"):
+            continue
+        try:
+            changed = max(os.stat(path).st_mtime, os.stat(os.path.join(path, "handin")).st_mtime)
+        except OSError:
+            changed = 0.0
+        if now - changed > STALE_SECONDS:
             shutil.rmtree(path, ignore_errors=True)
 
 

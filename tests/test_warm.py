@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import tempfile
 import textwrap
 import time
 import uuid
@@ -254,3 +255,23 @@ def test_a_warm_sandbox_lost_mid_hand_in_leaves_it_to_a_cold_one(tmp_path, monke
     assert first.startswith(lost[0])                    # the cold sandbox used the same scratch folder
     assert warm.PREFIX in second and not second.startswith(lost[0])
     assert not os.path.exists(lost[0])                  # removed with the hand-in
+
+
+def test_only_stale_folders_of_dead_processes_are_swept(tmp_path, monkeypatch):
+    """A folder left by a killed grader is removed at the next start; a live one (its
+    process is alive, or its scratch folder changed within the hour) is not."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(warm, "_swept", False)
+    dead = 2 ** 22 + 12345           # above the usual pid_max: no such process
+    while os.path.exists(f"/proc/{dead}"):
+        dead += 1
+    old = tmp_path / f"{warm.PREFIX}{dead}-old"
+    recent = tmp_path / f"{warm.PREFIX}{dead}-recent"
+    alive = tmp_path / f"{warm.PREFIX}{os.getppid()}-alive"
+    for folder in (old, recent, alive):
+        (folder / "handin").mkdir(parents=True)
+    hour_ago = time.time() - 2 * warm.STALE_SECONDS
+    for path in (old, old / "handin", alive, alive / "handin"):
+        os.utime(path, (hour_ago, hour_ago))
+    warm._sweep_stale()
+    assert not old.exists() and recent.exists() and alive.exists()
