@@ -217,7 +217,10 @@ def _become_kernel(channel, connection_file, rlimits, handlers):
         random.seed()
         if "numpy" in sys.modules:
             sys.modules["numpy"].random.seed()
-        sys.argv = [sys.argv[0], "-f", connection_file]
+        # as `python -m ipykernel_launcher -f FILE` would have it (some libraries look)
+        import importlib.util
+        spec = importlib.util.find_spec("ipykernel_launcher")
+        sys.argv = [spec.origin if spec and spec.origin else sys.argv[0], "-f", connection_file]
         from ipykernel import kernelapp
         kernelapp.launch_new_instance(argv=["-f", connection_file])
     finally:
