@@ -31,8 +31,9 @@ two hand-ins, and grades one hand-in at a time in it):
 * The zygote itself: student code runs as the same uid, so the zygote makes itself
   non-dumpable (no ptrace, no /proc/PID/mem, fd or environ of it) and after a reset
   compares what another process of that uid could still change (nice value, scheduling
-  policy, CPU affinity, rlimits, I/O priority) with what it was at start. Its control
-  pipes are closed in each kernel before student code exists.
+  policy and the rest of sched_getattr: time slice, utilisation clamps; CPU affinity,
+  rlimits, I/O priority) with what it was at start. Its control pipes are closed in each
+  kernel before student code exists.
 * Memory: each kernel is a forked copy; nothing it does reaches the zygote's memory or
   the next kernel's.
 
@@ -53,6 +54,7 @@ PRELOAD = ("torch", "torch.nn", "torch.nn.functional", "numpy", "IPython", "ipyk
            "ipykernel.ipkernel", "matplotlib", "lossgrader", "lossgrader.runtime")
 SYSVIPC = ("/proc/sysvipc/shm", "/proc/sysvipc/msg", "/proc/sysvipc/sem")
 IOPRIO_GET = {"x86_64": 252, "aarch64": 31}
+SCHED_GETATTR = {"x86_64": 315, "aarch64": 275}    # policy, nice, priority, slice, util clamps
 MAX_LINE = 1 << 20
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -68,6 +70,14 @@ def _ioprio():
     return _libc.syscall(number, 1, 0) if number else None     # IOPRIO_WHO_PROCESS, self
 
 
+def _sched_attr():
+    number = SCHED_GETATTR.get(os.uname().machine)
+    if not number:
+        return None
+    buf = ctypes.create_string_buffer(56)
+    return buf.raw.hex() if _libc.syscall(number, 0, buf, 56, 0) == 0 else None
+
+
 def _attributes():
     """What another process of the same uid can change in this one (and would then pass
     on to every later kernel)."""
@@ -78,7 +88,8 @@ def _attributes():
             "priority": os.sched_getparam(0).sched_priority,
             "affinity": sorted(os.sched_getaffinity(0)),
             "rlimits": limits,
-            "ioprio": _ioprio()}
+            "ioprio": _ioprio(),
+            "sched_attr": _sched_attr()}
 
 
 class Channel:

@@ -65,6 +65,11 @@ ATTACKS = {
     "idle_policy": "_os.sched_setscheduler(_Z, _os.SCHED_IDLE, _os.sched_param(0))",
     "lower_rlimit": "_resource.prlimit(_Z, _resource.RLIMIT_NOFILE, (32, 32))",
     "sysv_shm": "_ctypes.CDLL(None).shmget(0, 1 << 20, 0o1000 | 0o600)",   # IPC_PRIVATE, IPC_CREAT
+    # sched_setattr: a 0.1 ms time slice for SCHED_OTHER (Linux 6.12+), inherited by every kernel
+    "time_slice": ("import struct as _struct\n"
+                   "_nr = {'x86_64': 314, 'aarch64': 274}[_os.uname().machine]\n"
+                   "_attr = _ctypes.create_string_buffer(_struct.pack('IIQiIQQQII', 56, 0, 0, 0, 0, 100000, 0, 0, 0, 0), 56)\n"
+                   "assert _ctypes.CDLL(None).syscall(_nr, _Z, _attr, 0) == 0"),
 }
 # signals: the zygote is the PID namespace's init and sets no handler, so none arrives
 SIGNALS = {"kill_zygote": "_os.kill(_Z, _signal.SIGKILL)", "stop_zygote": "_os.kill(_Z, _signal.SIGSTOP)",
@@ -163,10 +168,30 @@ def test_the_zygote_cannot_be_traced_or_read(tmp_path):
     assert graded["b_victim"]["score"] == 6.0
 
 
+def _custom_slices():
+    """Whether this kernel lets a process set its own SCHED_OTHER time slice (Linux 6.12+)."""
+    import ctypes
+    import struct
+
+    nr = {"x86_64": (314, 315), "aarch64": (274, 275)}.get(os.uname().machine)
+    if nr is None:
+        return False
+    libc = ctypes.CDLL(None)
+    saved = ctypes.create_string_buffer(56)
+    if libc.syscall(nr[1], 0, saved, 56, 0) != 0:
+        return False
+    attr = ctypes.create_string_buffer(struct.pack("IIQiIQQQII", 56, 0, 0, 0, 0, 100000, 0, 0, 0, 0), 56)
+    ok = libc.syscall(nr[0], 0, attr, 0) == 0
+    libc.syscall(nr[0], 0, saved, 0)
+    return ok
+
+
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_a_changed_zygote_is_thrown_away(tmp_path, attack):
     """What the attacker changed in the zygote would reach every later kernel (a nice value,
-    a CPU, a limit, a SysV segment): the victim gets a new sandbox instead."""
+    a CPU, a limit, a time slice, a SysV segment): the victim gets a new sandbox instead."""
+    if attack == "time_slice" and not _custom_slices():
+        pytest.skip("this kernel has no per-task time slice to change")
     root = _course(str(tmp_path), {"a_attacker": [ZYGOTE, ATTACKS[attack]], "b_victim": [PROBE]})
     graded = _grade(root)
     assert graded["b_victim"]["status"] == "autograded" and graded["b_victim"]["score"] == 6.0
