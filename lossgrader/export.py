@@ -14,13 +14,8 @@ FIELDS = ["student_id", "assignment", "score", "max_score", "status", "reason"]
 def export(root, to=None):
     """Write the grades CSV (default grades.csv in the course directory); returns its path and rows."""
     rows = grade_rows(root)
-    path = os.path.join(root, to or GRADES_CSV) if not (to and os.path.isabs(to)) else to
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    path = _target(root, to, GRADES_CSV)
+    _write_csv(path, FIELDS, rows)
     return path, rows
 
 

@@ -550,16 +550,23 @@ def backup(root, keep=KEEP_BACKUPS):
     check_readable(url)
     if not os.path.exists(path):
         return None
-    directory = _backup_dir(root)
-    os.makedirs(directory, exist_ok=True)
-    for name in os.listdir(directory):          # left by a backup that was interrupted
-        if name.startswith("gradebook-") and name.endswith(".db.part"):
-            os.remove(os.path.join(directory, name))
+    directory = _clean_backup_dir(root, ".db.part")
     dest = _unique(directory, "gradebook")
     _copy_database(path, dest)
     for old in list_backups(root)[max(1, keep):]:
         os.remove(old)
     return dest
+
+
+def _clean_backup_dir(root, part_suffix):
+    """The backup folder (made if missing), without the partial copies (``gradebook-*`` +
+    ``part_suffix``) that an interrupted backup left."""
+    directory = _backup_dir(root)
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        if name.startswith("gradebook-") and name.endswith(part_suffix):
+            os.remove(os.path.join(directory, name))
+    return directory
 
 
 def _libpq_target(url):
@@ -592,11 +599,7 @@ def _dump_server(root, url, keep):
         log.warning("no backup for this URL (%s): pg_dump is not installed (Debian: apt-get install "
                     "postgresql-client); rely on the database server's own backups", safe)
         return None
-    directory = _backup_dir(root)
-    os.makedirs(directory, exist_ok=True)
-    for name in os.listdir(directory):          # left by a dump that was interrupted
-        if name.startswith("gradebook-") and name.endswith(".pgdump.part"):
-            os.remove(os.path.join(directory, name))
+    directory = _clean_backup_dir(root, ".pgdump.part")
     dest = _unique(directory, "gradebook", ".pgdump")
     target, env = _libpq_target(url)
     try:

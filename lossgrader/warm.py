@@ -57,7 +57,6 @@ class WarmSandbox:
         self.sandbox = Sandbox(self.scratch, own, extra_ro=(runtime_root,), hide=hide, env=env,
                                devices=devices, as_pid_1=True)
         self.broken = False
-        self.handins = 0
         self._buf = b""
         self.proc = self.sandbox.popen([sys.executable, "-m", "lossgrader.zygote"], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -68,7 +67,6 @@ class WarmSandbox:
         if not hello.get("ready"):
             self.kill()
             raise WarmBroken(f"the zygote did not start: {str(hello.get('why'))[:200]}")
-        self.preload_failed = hello.get("preload_failed") or []
 
     # -- the control pipe -------------------------------------------------------------
     def _reply(self, timeout: float) -> dict:
@@ -211,7 +209,6 @@ def acquire(key: str, factory) -> WarmSandbox | None:
         _local.warm = current
         with _lock:
             _every.add(current)
-    current.handins += 1
     return current
 
 

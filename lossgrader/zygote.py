@@ -261,19 +261,18 @@ def main():
             handlers[sig] = signal.signal(sig, signal.SIG_IGN)
         except (OSError, ValueError):
             pass
-    failed = []
     for name in PRELOAD:
         try:
             __import__(name)
-        except Exception as exc:   # the kernel imports it itself (or fails as a fresh one would)
-            failed.append(f"{name}: {exc.__class__.__name__}")
+        except Exception:   # the kernel imports it itself (or fails as a fresh one would)
+            pass
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         # CUDA cannot be used in a process forked after its initialisation
         channel.write({"ready": False, "why": "CUDA was initialised before the fork"})
         os._exit(3)
     baseline = _attributes()
-    channel.write({"ready": True, "pid": os.getpid(), "preload_failed": failed})
+    channel.write({"ready": True})
     kernel = None
     while True:
         msg = channel.read()

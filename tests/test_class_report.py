@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -32,6 +31,8 @@ DATA = ROOT / "tests" / "data" / "class_report" / "demo_class.json"
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
 import headless  # noqa: E402
 from headless import Browser, StaticServer, find_chromium  # noqa: E402
+
+from course_copy import copy_course  # noqa: E402
 
 from lossgrader import classreport as cr  # noqa: E402
 from lossgrader import course as course_mod  # noqa: E402
@@ -55,14 +56,7 @@ HUBER_HINT = "线性部分缺少 −0.5·δ²：两段在 |r| = δ 处不连续�
 
 
 def _copy_course(dest: Path, assignments=ASSIGNMENTS, db_url=None):
-    for name in ("nbgrader_config.py", "_config.yml"):
-        shutil.copy2(ROOT / name, dest / name)
-    if db_url is not None:
-        with open(dest / "nbgrader_config.py", "a", encoding="utf-8") as fh:
-            fh.write(f"\nc.CourseDirectory.db_url = {db_url!r}\n")
-    shutil.copytree(ROOT / "tools", dest / "tools", ignore=shutil.ignore_patterns("__pycache__"))
-    for aid in assignments:
-        shutil.copytree(ROOT / "solutions" / aid, dest / "solutions" / aid)
+    copy_course(dest, assignments, exercises=False, db_url=db_url)
 
 
 def _record_demo_class(root: Path, assignments=ASSIGNMENTS) -> dict:

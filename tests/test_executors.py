@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("nbgrader")
 distributed = pytest.importorskip("distributed")
 
+from course_copy import copy_course  # noqa: E402
 from lossgrader import executors, gradebook  # noqa: E402
 from lossgrader.autograde import autograde  # noqa: E402
 from lossgrader.cli import main as cli_main  # noqa: E402
@@ -28,12 +29,7 @@ CELL_TIMEOUT = 60
 def _course(root, students):
     """A course folder with 02_regression and {student: sample it hands in (or text)}."""
     os.makedirs(root)
-    for name in ("nbgrader_config.py", "_config.yml"):
-        shutil.copy2(os.path.join(ROOT, name), os.path.join(root, name))
-    shutil.copytree(os.path.join(ROOT, "tools"), os.path.join(root, "tools"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for top in ("solutions", "exercises"):
-        shutil.copytree(os.path.join(ROOT, top, A), os.path.join(root, top, A))
+    copy_course(root, [A])
     for student, sample in students.items():
         dest = os.path.join(root, "submitted", student, A)
         os.makedirs(dest)

@@ -29,6 +29,8 @@ sys.path.insert(0, str(ROOT / "book" / "_ext"))
 import headless  # noqa: E402
 from headless import Browser, StaticServer, find_chromium  # noqa: E402
 
+from course_copy import copy_course  # noqa: E402
+
 from lossgrader import feedback as fb  # noqa: E402
 
 if not find_chromium():
@@ -112,10 +114,7 @@ class OfflineBrowser(Browser):
 
 
 def _copy_course(dest: Path):
-    for name in ("nbgrader_config.py", "_config.yml"):
-        shutil.copy2(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "tools", dest / "tools", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "solutions" / A, dest / "solutions" / A)
+    copy_course(dest, [A], exercises=False)
 
 
 def _attack_notebook() -> str:

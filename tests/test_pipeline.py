@@ -23,6 +23,7 @@ from lossgrader.export import export  # noqa: E402
 from lossgrader.feedback import feedback  # noqa: E402
 
 import hostile_notebooks as H  # noqa: E402
+from course_copy import copy_course  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 A = H.ASSIGNMENT
@@ -35,12 +36,7 @@ def _sample(student):
 
 
 def _copy_course(dest):
-    for name in ("nbgrader_config.py", "_config.yml"):
-        shutil.copy2(os.path.join(ROOT, name), os.path.join(dest, name))
-    shutil.copytree(os.path.join(ROOT, "tools"), os.path.join(dest, "tools"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for top in ("solutions", "exercises"):
-        shutil.copytree(os.path.join(ROOT, top, A), os.path.join(dest, top, A))
+    copy_course(dest, [A])
 
 
 def _submit(root, student, text):

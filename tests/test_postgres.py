@@ -20,6 +20,7 @@ import pytest
 pytest.importorskip("nbgrader")
 
 import pgserver  # noqa: E402
+from course_copy import copy_course  # noqa: E402
 from lossgrader import course, gradebook  # noqa: E402
 from lossgrader.autograde import autograde, record  # noqa: E402
 from lossgrader.cli import main as cli_main  # noqa: E402
@@ -55,16 +56,7 @@ def server():
 
 def _course(root, url=None):
     """A course copy with 02_regression and the two sample hand-ins; db_url set when given."""
-    os.makedirs(root, exist_ok=True)
-    for name in ("nbgrader_config.py", "_config.yml"):
-        shutil.copy2(os.path.join(ROOT, name), os.path.join(root, name))
-    if url is not None:
-        with open(os.path.join(root, "nbgrader_config.py"), "a", encoding="utf-8") as fh:
-            fh.write(f"\nc.CourseDirectory.db_url = {url!r}\n")
-    shutil.copytree(os.path.join(ROOT, "tools"), os.path.join(root, "tools"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for top in ("solutions", "exercises"):
-        shutil.copytree(os.path.join(ROOT, top, A), os.path.join(root, top, A))
+    copy_course(root, [A], db_url=url)
     for student in STUDENTS:
         shutil.copytree(os.path.join(ROOT, "samples", "submitted", student, A),
                         os.path.join(root, "submitted", student, A))

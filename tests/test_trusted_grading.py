@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from course_copy import copy_course
 from lossgrader import check, runtime
 from lossgrader.backdoors import scan_notebook, scan_source
 from lossgrader.engine import grade
@@ -156,13 +157,9 @@ def _released():
 
 @pytest.fixture(scope="module")
 def released(tmp_path_factory):
-    import shutil
     gb = _released()
     root = str(tmp_path_factory.mktemp("course"))
-    for name in ("nbgrader_config.py", "_config.yml"):
-        shutil.copy2(os.path.join(ROOT, name), root)
-    shutil.copytree(os.path.join(ROOT, "tools"), os.path.join(root, "tools"))
-    shutil.copytree(os.path.join(ROOT, "solutions", A), os.path.join(root, "solutions", A))
+    copy_course(root, [A], exercises=False)
     gb.register(root, [A])
     return gb.released(root, A)["notebooks"][A]
 
@@ -268,10 +265,7 @@ def test_references_are_not_importable_in_the_sandbox(tmp_path):
 # ----------------------------------------------------------------------------- the coordinator refuses
 def _course_copy(root):
     import shutil
-    for name in ("nbgrader_config.py", "_config.yml"):
-        shutil.copy2(os.path.join(ROOT, name), root)
-    shutil.copytree(os.path.join(ROOT, "tools"), os.path.join(root, "tools"))
-    shutil.copytree(os.path.join(ROOT, "solutions", A), os.path.join(root, "solutions", A))
+    copy_course(root, [A], exercises=False)
     shutil.copytree(os.path.join(ROOT, "samples", "submitted", "demo_full", A),
                     os.path.join(root, "submitted", "demo_full", A))
 

@@ -9,8 +9,6 @@ Attacks are bounded: the daemon lives 60 s at most and carries the test's token.
 """
 import json
 import os
-import shutil
-import signal
 import tempfile
 import textwrap
 import time
@@ -20,6 +18,7 @@ import nbformat
 import pytest
 
 from lossgrader import warm
+from test_executors import _course as course_with
 from lossgrader.autograde import autograde
 from lossgrader.sandbox import bwrap_problem
 
@@ -78,22 +77,13 @@ SIGNALS = {"kill_zygote": "_os.kill(_Z, _signal.SIGKILL)", "stop_zygote": "_os.k
 
 def _course(tmp, students):
     """A course with 02_regression and {student: [cells inserted after the setup cell]}."""
-    root = os.path.join(tmp, "course")
-    os.makedirs(root)
-    for name in ("nbgrader_config.py", "_config.yml"):
-        shutil.copy2(os.path.join(ROOT, name), root)
-    shutil.copytree(os.path.join(ROOT, "tools"), os.path.join(root, "tools"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for top in ("solutions", "exercises"):
-        shutil.copytree(os.path.join(ROOT, top, A), os.path.join(root, top, A))
+    texts = {}
     for student, extra in students.items():
         nb = nbformat.read(FULL, as_version=4)
         at = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code") + 1
         nb.cells[at:at] = [nbformat.v4.new_code_cell(src) for src in extra]
-        dest = os.path.join(root, "submitted", student, A)
-        os.makedirs(dest)
-        nbformat.write(nb, os.path.join(dest, A + ".ipynb"))
-    return root
+        texts[student] = nbformat.writes(nb)
+    return course_with(os.path.join(tmp, "course"), texts)
 
 
 def _printed(root, student, marker):
