@@ -156,12 +156,13 @@ def autograde(root, only_assignments=None, only_students=None, cell_timeout=None
 
     limit = float(submission_timeout) + (executors.HANG_MARGIN if hang_margin is None else float(hang_margin))
     queue = list(pairs)
-    in_flight = {}   # executor handle -> {"pair", "task", "attempt", "t0"}
+    in_flight = {}   # executor handle -> {"pair", "task", "attempt", "t0", "unstarted"}
 
-    def submit(pair, task=None, attempt=1, t0=None):
+    def submit(pair, task=None, attempt=1, t0=None, unstarted=0):
         task = task or make_task(root, pair[0], pair[1], released[pair[1]], options)
         handle = executor.submit(task)
-        in_flight[handle] = {"pair": pair, "task": task, "attempt": attempt, "t0": t0 or time.monotonic()}
+        in_flight[handle] = {"pair": pair, "task": task, "attempt": attempt, "t0": t0 or time.monotonic(),
+                             "unstarted": unstarted}
 
     def finish(job, result, reason):
         """Record the hand-in, or grade it once more when this try failed for the grader's reasons."""
@@ -189,6 +190,10 @@ def autograde(root, only_assignments=None, only_students=None, cell_timeout=None
                 try:
                     result, reason = executor.outcome(handle), ""
                 except executors.WorkerDied as exc:
+                    if not exc.started and job["unstarted"] < executors.MAX_UNSTARTED_RETRIES:
+                        # it waited behind another hand-in on a worker that died: not its try
+                        submit(job["pair"], job["task"], job["attempt"], job["t0"], job["unstarted"] + 1)
+                        continue
                     result, reason = None, f"grading failed: worker process died while grading ({exc})"
                 except Exception as exc:  # never lose the batch over one hand-in
                     result, reason = None, f"grading failed: {exc.__class__.__name__}: {exc}"

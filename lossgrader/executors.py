@@ -51,7 +51,18 @@ FAULTS_DIR_ENV = "LOSSGRADER_TEST_FAULTS_DIR"
 
 
 class WorkerDied(Exception):
-    """The process running a task died before returning a result."""
+    """The process running a task died before returning a result. ``started``: whether the
+    task had begun (a Dask worker holds queued tasks too, and they die with it)."""
+
+    def __init__(self, message: str, started: bool = True):
+        super().__init__(message)
+        self.started = started
+
+
+# a task that died queued behind another one is sent again without costing its hand-in a
+# try, this many times at most (then its deaths count, so that a loop cannot go on forever)
+MAX_UNSTARTED_RETRIES = 3
+START_EVENT_GRACE = 1.0    # seconds a start event may trail the news of the worker's death
 
 
 class ExecutorError(SystemExit):
@@ -172,9 +183,16 @@ def grade_on_worker(task: dict) -> dict:
     """The Dask task: tell the coordinator it started (and where), grade, return plain data."""
     import torch
     from distributed import get_worker
+    from distributed.utils import sync
 
     worker = get_worker()
-    worker.log_event(START_TOPIC, {"key": str(worker.get_current_task()), "worker": worker.address})
+    start = {"key": str(worker.get_current_task()), "worker": worker.address}
+    try:
+        # a request the scheduler answers (not the batched stream, which a dying process may
+        # never flush): the coordinator hears of the start before it can hear of a death
+        sync(worker.loop, worker.scheduler.log_event, topic=START_TOPIC, msg=start)
+    except Exception:
+        worker.log_event(START_TOPIC, start)
     _test_faults(task)
     from .worker import grade_handin
 
@@ -333,14 +351,19 @@ class DaskExecutor:
         from distributed.scheduler import KilledWorker
         from .results import HandinResult
 
+        key = str(future.key)
         with self._lock:
-            self._starts.pop(str(future.key), None)
+            started = self._starts.pop(key, None) is not None
         if future.cancelled():
             raise WorkerDied("the task was cancelled by the scheduler")
         try:
             return HandinResult.from_dict(future.result())
         except KilledWorker as exc:
-            raise WorkerDied(f"KilledWorker: {exc}"[:200]) from None
+            if not started:      # its start event may still be on its way
+                time.sleep(START_EVENT_GRACE)
+                with self._lock:
+                    started = self._starts.pop(key, None) is not None
+            raise WorkerDied(f"KilledWorker: {exc}"[:200], started=started) from None
 
     def abandon(self, future) -> None:
         """Give up on a hung task: end the worker process running it (a thread cannot be

@@ -133,6 +133,25 @@ def test_a_dead_worker_costs_one_retry_then_an_explicit_zero(cluster, tmp_path):
     assert grades["b_dies_once"][1][0] == 6.0
 
 
+def test_a_hand_in_queued_on_a_dying_worker_loses_no_try(tmp_path, monkeypatch):
+    """A Dask worker holds the tasks queued for it as well as the one it runs: when it dies,
+    they are reported dead too. One worker, and a hand-in that kills it every time: the
+    hand-in queued behind it is graded, at its first try, and only the killer gets a 0."""
+    import dask
+    from distributed import LocalCluster
+
+    monkeypatch.setenv(executors.FAULTS_ENV, "die:a_dies")
+    monkeypatch.setenv(executors.FAULTS_DIR_ENV, str(tmp_path))
+    root = _course(str(tmp_path / "c"), {"a_dies": "demo_bugs", "b_queued": "demo_full"})
+    with dask.config.set(executors.LOCAL_CLUSTER_CONFIG):
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+            results = autograde(root, cell_timeout=CELL_TIMEOUT, progress=False, sandbox=SANDBOX,
+                                dask=c.scheduler_address)
+    killer, queued = results[("a_dies", A)], results[("b_queued", A)]
+    assert killer["status"] == "failed" and killer["attempts"] == 2
+    assert queued["status"] == "autograded" and queued["attempts"] == 1 and queued["score"] == 6.0
+
+
 def test_a_hung_task_is_abandoned_and_zeroed(cluster, tmp_path):
     root = _course(str(tmp_path / "c"), {"d_hangs": "demo_full", "e_not_json": "{ not json"})
     results = autograde(root, cell_timeout=CELL_TIMEOUT, submission_timeout=4, hang_margin=1,
