@@ -5,6 +5,7 @@ import csv
 import os
 import time
 
+from .csvfile import Numeral, write_csv
 from .gradebook import grade_rows
 
 GRADES_CSV = "grades.csv"
@@ -15,7 +16,7 @@ def export(root, to=None):
     """Write the grades CSV (default grades.csv in the course directory); returns its path and rows."""
     rows = grade_rows(root)
     path = _target(root, to, GRADES_CSV)
-    _write_csv(path, FIELDS, rows)
+    write_csv(path, FIELDS, rows)
     return path, rows
 
 
@@ -84,8 +85,10 @@ class ExportError(ValueError):
 
 
 def _number(x):
-    """A score as a plain decimal number (no exponent, at most 4 decimals)."""
-    return ("%.4f" % float(x)).rstrip("0").rstrip(".") or "0"
+    """A score as a plain decimal number (no exponent, at most 4 decimals); a Numeral, so
+    that the CSV's formula rule leaves a negative score a number."""
+    text = ("%.4f" % float(x)).rstrip("0").rstrip(".")
+    return Numeral("0" if text in ("", "-0") else text)
 
 
 def _scaled(row, points):
@@ -160,7 +163,7 @@ def export_lms(root, fmt, to=None, roster=None, assignment=None, column=None, po
                 line[title] = "" if g is None or g["status"] == "missing" else _number(_scaled(g, points)[0])
             out.append(line)
         path = _target(root, to, "canvas-grades.csv")
-        _write_csv(path, CANVAS_FIELDS + titles, out)
+        write_csv(path, CANVAS_FIELDS + titles, out)
         return path, out, problems
 
     if len(aids) != 1:
@@ -190,7 +193,7 @@ def export_lms(root, fmt, to=None, roster=None, assignment=None, column=None, po
                     "Grade can be changed": "Yes", "Last modified (submission)": "",
                     "Last modified (grade)": _moodle_time(now)})
     path = _target(root, to, f"moodle-grades-{aid}.csv")
-    _write_csv(path, MOODLE_FIELDS, out)
+    write_csv(path, MOODLE_FIELDS, out)
     return path, out, problems
 
 
@@ -230,19 +233,9 @@ def _fill_worksheet(root, worksheet, to, aid, graded, seen, roster, participant,
             out.append(line)
     problems += [f"{s}: not found in the worksheet {os.path.basename(worksheet)}" for s in sorted(set(graded) - used)]
     path = _target(root, to, f"moodle-grades-{aid}.csv")
-    _write_csv(path, header, out)
+    write_csv(path, header, out)
     return path, out, problems
 
 
 def _target(root, to, default):
     return to if to and os.path.isabs(to) else os.path.join(root, to or default)
-
-
-def _write_csv(path, fields, rows):
-    tmp = path + ".tmp"
-    # plain UTF-8, the encoding both import pages expect by default
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
