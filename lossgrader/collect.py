@@ -26,27 +26,63 @@ id, then Canvas re-submission number, then timestamp/file time); the others are 
 superseded. A hand-in already in submitted/ that differs from the one collected is replaced,
 its previous copy kept under ``.lossgrader/replaced/`` and the replacement reported. Every
 file of the source gets one row in the report: copied, replaced, unchanged, superseded,
-unmatched, skipped (assignment not selected) or ignored (not a notebook).
+unmatched, skipped (assignment not selected) or ignored (not a notebook, a symbolic link or
+other non-regular file, an unreadable zip entry, past the extraction cap).
+
+A source folder may be shared with the students, so collect never follows a symbolic link
+in it: links (to files or folders) and non-regular files (FIFOs, sockets, devices) are
+reported and skipped, and every file is opened component by component from the source
+folder with ``O_NOFOLLOW | O_NONBLOCK`` (a link or FIFO swapped in after the scan is refused
+at open time), checked to be a regular file and read with a size bound. From a zip,
+symbolic-link entries and unreadable entries (bad CRC, truncated data, unsupported
+compression, encryption) are reported and skipped while the rest is collected, and what one
+download may extract is capped (``MAX_EXTRACT_BYTES``, ``MAX_EXTRACT_ENTRIES``): checked from
+the archive's headers before anything is extracted, and enforced again while reading.
+
+Each collected hand-in gets nbgrader's ``timestamp.txt`` (the submission time: a pattern's
+``timestamp`` group when it reads as a date, the hand-in folder's own nbgrader
+``timestamp.txt``, else the file time in the zip or on disk) and a ``submission_secret.txt``,
+so that nbgrader's own commands (``release_feedback``) work on them.
 """
 from __future__ import annotations
 
 import csv
+import datetime
+import errno
 import json
+import lzma
 import os
 import re
-import shutil
+import secrets
+import stat
+import struct
 import tempfile
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 from .course import STATE_DIR, assignments
+from .csvfile import write_csv
 
 FORMATS = ("auto", "nbgrader", "canvas", "moodle")
 REPORT_CSV = "collect-report.csv"
 REPORT_FIELDS = ["file", "status", "student_id", "assignment", "platform_id", "detail"]
 LMS_IDS = "lms-ids.json"
 MAX_FILE_BYTES = 200 * 2 ** 20       # a notebook larger than this is not a hand-in
+# What one zip download may extract in all (a zip bomb stops here): checked from the
+# archive's headers before extracting, enforced again on the bytes actually read. Raise
+# them here for a class whose download is larger.
+MAX_EXTRACT_BYTES = 2 * 2 ** 30
+MAX_EXTRACT_ENTRIES = 20_000
+MAX_ID_CHARS = 64                     # a student id made from a name is cut to this length
+TIMESTAMP = "timestamp.txt"           # nbgrader's submission time, in submitted/<student>/<id>/
+SECRET = "submission_secret.txt"      # nbgrader's per-submission secret (release_feedback)
+TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f %Z"     # nbgrader's Exchange.timestamp_format, in UTC
+O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# what reading one zip entry may raise when the entry (not the disk) is bad
+BAD_ENTRY = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError,
+             NotImplementedError, RuntimeError, ValueError, struct.error, OSError)
 SKIP_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db", ".ipynb_checkpoints"}
 
 CANVAS_RE = re.compile(r"^(?P<name>[^_/]*)_(?:(?P<late>late)_)?(?P<uid>\d+)_(?P<sub>\d+)_(?P<file>[^/]+)$",
@@ -59,6 +95,10 @@ class CollectError(ValueError):
     """The source, pattern or roster cannot be used."""
 
 
+class Refused(Exception):
+    """A source file collect will not read (its message is the report's detail)."""
+
+
 def _norm_name(text):
     """Names compared across platforms: case-folded, letters and digits only
     (Canvas writes "Smith, John" as "smithjohn" in file names)."""
@@ -66,8 +106,27 @@ def _norm_name(text):
 
 
 def _slug(text):
-    """A student id made from a name: word characters kept, the rest as single '_'."""
-    return re.sub(r"[^\w.-]+", "_", str(text).strip(), flags=re.UNICODE).strip("._") or "unnamed"
+    """A student id made from a name (it becomes a folder name in submitted/): letters and
+    digits of any script, '_', '.' and '-' kept, every other run of characters (path
+    separators, spaces, formula signs) as one '_'; no leading '.', '-' or '_' and no
+    trailing '.' or '_' (so never '.', '..', a hidden folder or an option-like name); at
+    most MAX_ID_CHARS characters; "unnamed" when nothing is left."""
+    s = re.sub(r"[^\w.-]+", "_", str(text).strip(), flags=re.UNICODE)
+    s = s.lstrip("._-")[:MAX_ID_CHARS].rstrip("._")
+    return s or "unnamed"
+
+
+def _id_problem(student):
+    """Why a student id cannot name a folder in submitted/ (None when it can)."""
+    if not student or student in (".", ".."):
+        return "empty, '.' or '..'"
+    if any(ch in student for ch in "/\\\0"):
+        return "a path separator or NUL in it"
+    if student.startswith("."):
+        return "starts with '.' (a hidden folder)"
+    if len(student.encode("utf-8", "surrogateescape")) > 255:
+        return "longer than a file name may be"
+    return None
 
 
 class Roster:
@@ -115,6 +174,11 @@ class Roster:
                         rows.append(row)
         except OSError as exc:
             raise CollectError(f"roster {path} cannot be read: {exc}") from exc
+        bad = [f"{row['student_id']!r} ({why})" for row in rows
+               for why in [_id_problem(row["student_id"])] if why]
+        if bad:
+            raise CollectError(f"{path}: a student_id names a folder in submitted/, these cannot: "
+                               + "; ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""))
         return cls(rows)
 
     def find(self, **keys):
@@ -142,6 +206,7 @@ class Candidate:
     extras: list = field(default_factory=list)   # (rel, path) copied along (nbgrader folders)
     note: str = ""
     explicit: bool = False            # the assignment comes from a pattern's own group
+    stamp: str = ""                   # a pattern's timestamp group (the submission time when it reads as one)
 
 
 def load_lms_ids(root):
@@ -162,18 +227,49 @@ def _save_lms_ids(root, data):
     os.replace(tmp, path)
 
 
+def _zip_entry_kind(info):
+    """What a zip entry is besides a file or folder, from the Unix mode bits in external_attr
+    ("" for a plain file; zips made on Windows carry no mode: plain files)."""
+    kind = stat.S_IFMT(info.external_attr >> 16)
+    if kind in (0, stat.S_IFREG, stat.S_IFDIR):
+        return ""
+    return _KINDS.get(kind, "special file")
+
+
+_KINDS = {stat.S_IFLNK: "symbolic link", stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket",
+          stat.S_IFCHR: "character device", stat.S_IFBLK: "block device"}
+
+
+class _TooLong(Exception):
+    pass
+
+
 def _extract(zpath, dest, rows):
-    """Unpack a zip safely: no absolute paths, no '..', nothing above MAX_FILE_BYTES;
-    file times from the archive (they order re-submissions)."""
+    """Unpack a zip safely: no absolute paths, no '..', no symbolic links or other special
+    entries, nothing above MAX_FILE_BYTES, at most MAX_EXTRACT_ENTRIES files and
+    MAX_EXTRACT_BYTES in all (checked from the headers before anything is extracted, and on
+    the bytes read: an entry that inflates past its header's size is dropped, so the total
+    stays within what the headers declared); an unreadable entry (bad CRC,
+    truncated, unsupported compression, encrypted) is reported and skipped. File times come
+    from the archive (they order re-submissions)."""
     try:
         zf = zipfile.ZipFile(zpath)
-    except (OSError, zipfile.BadZipFile) as exc:
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, struct.error) as exc:
         raise CollectError(f"{zpath} is not a readable zip file: {exc}") from exc
+    cap = (f"past the extraction cap of one download ({MAX_EXTRACT_ENTRIES} files, "
+           f"{MAX_EXTRACT_BYTES / 2 ** 20:g} MiB uncompressed in all; lossgrader.collect.MAX_EXTRACT_ENTRIES, "
+           "MAX_EXTRACT_BYTES)")
     with zf:
+        # 1. the headers: what is safe to extract, and the cap on what they declare
+        plan, names, declared = [], set(), 0
         for info in zf.infolist():
+            name = info.filename.replace("\\", "/")
+            kind = _zip_entry_kind(info)
+            if kind:
+                rows.append(_row(name, "ignored", detail=f"a {kind} in the zip file: not extracted"))
+                continue
             if info.is_dir():
                 continue
-            name = info.filename.replace("\\", "/")
             parts = [p for p in name.split("/") if p not in ("", ".")]
             if name.startswith("/") or ".." in parts or not parts:
                 rows.append(_row(name, "ignored", detail="unsafe path in the zip file"))
@@ -183,27 +279,164 @@ def _extract(zpath, dest, rows):
             if info.file_size > MAX_FILE_BYTES:
                 rows.append(_row(name, "ignored", detail=f"larger than {MAX_FILE_BYTES >> 20} MiB"))
                 continue
+            key = "/".join(parts)
+            if key in names:
+                rows.append(_row(name, "ignored", detail="a second entry of the same name in the zip file: "
+                                                         "the first is kept"))
+                continue
+            if len(plan) + 1 > MAX_EXTRACT_ENTRIES or declared + info.file_size > MAX_EXTRACT_BYTES:
+                rows.append(_row(name, "ignored", detail=cap + " from the zip file's headers: not extracted"))
+                continue
+            names.add(key)
+            declared += info.file_size
+            plan.append((info, name, parts))
+        # 2. the bytes: never more than an entry's header said (so never more than the cap in
+        # all); zipfile stops there too, but this does not rely on it
+        for info, name, parts in plan:
             target = os.path.join(dest, *parts)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
+            limit, size = info.file_size, 0
+            try:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with zf.open(info) as src, open(target, "xb") as out:
+                    while True:
+                        chunk = src.read(min(2 ** 20, limit + 1 - size))
+                        if not chunk:
+                            break
+                        size += len(chunk)
+                        if size > limit:
+                            raise _TooLong()
+                        out.write(chunk)
+            except _TooLong:
+                rows.append(_row(name, "ignored", detail=f"inflates to more than its header's {limit} bytes: "
+                                                         "not extracted"))
+                _unlink(target)
+                continue
+            except (FileExistsError, NotADirectoryError, IsADirectoryError):
+                rows.append(_row(name, "ignored", detail="clashes with another entry of the zip file "
+                                                         "(a file and a folder of the same name): not extracted"))
+                continue
+            except BAD_ENTRY as exc:
+                if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+                    raise               # the disk, not the entry
+                rows.append(_row(name, "ignored", detail=f"unreadable zip entry ({exc.__class__.__name__}: "
+                                                         f"{str(exc)[:200]}): skipped, the rest of the zip "
+                                                         "file is collected"))
+                _unlink(target)
+                continue
             try:
                 stamp = time.mktime(info.date_time + (0, 0, -1))
                 os.utime(target, (stamp, stamp))
-            except (OverflowError, ValueError):
+            except (OverflowError, ValueError, OSError):
                 pass
 
 
-def _walk(top):
-    """Relative paths (with '/') of the files under top, hidden entries and OS litter skipped."""
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _walk(top, rows):
+    """Relative paths (with '/') of the regular files under top, hidden entries and OS litter
+    skipped. Symbolic links (never followed) and other non-regular files get a row in rows."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_NAMES)
-        for f in sorted(filenames):
-            if f.startswith(".") or f in SKIP_NAMES:
+    stack = [("", top)]
+    while stack:
+        prefix, folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            rows.append(_row(prefix.rstrip("/") or ".", "ignored",
+                             detail=f"folder cannot be read ({exc.strerror}): nothing in it is collected"))
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith(".") or entry.name in SKIP_NAMES:
                 continue
-            found.append(os.path.relpath(os.path.join(dirpath, f), top).replace(os.sep, "/"))
+            rel = prefix + entry.name
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+            except OSError as exc:
+                rows.append(_row(rel, "ignored", detail=f"cannot be read ({exc.strerror})"))
+                continue
+            if stat.S_ISLNK(mode):
+                try:
+                    to = os.readlink(entry.path)
+                except OSError:
+                    to = "?"
+                rows.append(_row(rel, "ignored", detail=f"a symbolic link (to {to[:200]!r}): never followed, "
+                                                        "nothing is collected through it"))
+            elif stat.S_ISDIR(mode):
+                subfolders.append((rel + "/", entry.path))
+            elif stat.S_ISREG(mode):
+                found.append(rel)
+            else:
+                kind = _KINDS.get(stat.S_IFMT(mode), "special file")
+                rows.append(_row(rel, "ignored", detail=f"not a regular file (a {kind}): not opened"))
+        stack.extend(reversed(subfolders))
     return found
+
+
+def _open_beneath(top, rel):
+    """A read-only descriptor of the regular file top/rel, opened one path component at a
+    time from top with O_NOFOLLOW (a folder or file replaced by a symbolic link after the
+    scan is refused) and O_NONBLOCK (a FIFO swapped in does not block). Raises Refused."""
+    parts = rel.split("/")
+    try:
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | O_CLOEXEC)
+    except OSError as exc:
+        raise Refused(f"cannot be opened ({exc.strerror})") from None
+    try:
+        for part in parts[:-1]:
+            try:
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise Refused(f"its folder {part!r} is a symbolic link or not a folder (changed after the "
+                                  "scan): not opened") from None
+                raise Refused(f"cannot be opened ({exc.strerror})") from None
+            os.close(fd)
+            fd = inner
+        try:
+            handle = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | O_CLOEXEC, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise Refused("a symbolic link (changed after the scan): never followed") from None
+            raise Refused(f"cannot be opened ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    return handle
+
+
+def _read(top, rel, limit=None):
+    """(bytes, mtime) of the regular file top/rel, read with a size bound (MAX_FILE_BYTES by
+    default); raises Refused for anything else."""
+    limit = MAX_FILE_BYTES if limit is None else limit
+    fd = _open_beneath(top, rel)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Refused(f"not a regular file (a {_KINDS.get(stat.S_IFMT(info.st_mode), 'special file')}, "
+                          "changed after the scan): not read")
+        if info.st_size > limit:
+            raise Refused(f"larger than {limit} bytes: not read")
+        chunks, size = [], 0
+        while True:
+            try:
+                chunk = os.read(fd, min(2 ** 20, limit + 1 - size))
+            except OSError as exc:
+                raise Refused(f"cannot be read ({exc.strerror})") from None
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise Refused(f"larger than {limit} bytes (it grew while read): not read")
+            chunks.append(chunk)
+        return b"".join(chunks), info.st_mtime
+    finally:
+        os.close(fd)
 
 
 def _row(rel, status, student="", assignment="", platform_id="", detail=""):
@@ -213,7 +446,7 @@ def _row(rel, status, student="", assignment="", platform_id="", detail=""):
 
 def _mtime(path):
     try:
-        return os.path.getmtime(path)
+        return os.lstat(path).st_mtime
     except OSError:
         return 0.0
 
@@ -333,7 +566,8 @@ def _parse_pattern(regex, files, top, known):
         stem = os.path.splitext(os.path.basename(rel))[0]
         _, again = _resubmission(stem)
         cands.append(Candidate(rel, path, platform_id=student, name=student, assignment=aid,
-                               rank=(stamp, again, _mtime(path)), explicit=bool(groups.get("assignment"))))
+                               rank=(stamp, again, _mtime(path)), explicit=bool(groups.get("assignment")),
+                               stamp=stamp))
     return cands, rows
 
 
@@ -413,7 +647,7 @@ def collect(root, source, only_assignments=None, fmt="auto", pattern=None, roste
             top = source
         else:
             raise CollectError(f"{source} is neither a folder nor a zip file")
-        files = _walk(top)
+        files = _walk(top, rows)
         if regex is not None:
             used = "pattern"
             cands, bad = _parse_pattern(regex, files, top, known)
@@ -424,29 +658,38 @@ def collect(root, source, only_assignments=None, fmt="auto", pattern=None, roste
         rows += bad
         platform = used in ("canvas", "moodle", "pattern")
 
-        groups, namesakes = {}, {}
-        for c in cands:
-            namesakes.setdefault(c.name, set()).add(c.platform_id)
+        # without a roster, names become ids: different people whose names give the same id
+        # (namesakes, or names that differ only in what the id rule drops) are not merged
+        sharing = {}
+        if roster is None and used in ("moodle", "pattern"):
+            for c in cands:
+                if c.rel.endswith(".ipynb") and c.student is None:
+                    sharing.setdefault(_who(used, c, None)[0], {}).setdefault(c.platform_id, c.name)
+        groups = {}
         for c in cands:
             if not c.rel.endswith(".ipynb"):
                 rows.append(_row(c.rel, "ignored", platform_id=c.platform_id, detail="not a notebook (.ipynb)"))
                 continue
-            if (c.student is None and used == "moodle" and roster is None and len(namesakes[c.name]) > 1
-                    and c.name.casefold() != "participant"):
+            if c.student is None or roster is not None:
+                c.student, why = _who(used, c, roster)
+                if why:
+                    rows.append(_row(c.rel, "unmatched", platform_id=c.platform_id, detail=why))
+                    continue
+                same = sharing.get(c.student, {})
+                if len(same) > 1:
+                    who = "participants" if used == "moodle" else "students"
+                    names = sorted(set(same.values()))
+                    rows.append(_row(c.rel, "unmatched", platform_id=c.platform_id,
+                                     detail=f"{who} {', '.join(sorted(same))}"
+                                            + (f" (called {' / '.join(map(repr, names))})" if used == "moodle" else "")
+                                            + f" would all get the student id {c.student!r}: give a roster "
+                                              "(--roster) to tell them apart"))
+                    continue
+            bad_id = _id_problem(c.student)
+            if bad_id:
                 rows.append(_row(c.rel, "unmatched", platform_id=c.platform_id,
-                                 detail=f"participants {', '.join(sorted(namesakes[c.name]))} are all called "
-                                        f"{c.name!r}: give a roster (--roster) to tell them apart"))
+                                 detail=f"student id {c.student!r} cannot name a folder ({bad_id})"))
                 continue
-            if c.student is None:
-                c.student, why = _who(used, c, roster)
-                if why:
-                    rows.append(_row(c.rel, "unmatched", platform_id=c.platform_id, detail=why))
-                    continue
-            elif roster is not None:
-                c.student, why = _who(used, c, roster)
-                if why:
-                    rows.append(_row(c.rel, "unmatched", platform_id=c.platform_id, detail=why))
-                    continue
             named = c.assignment
             if platform and len(selected) == 1 and not c.explicit:
                 c.assignment = selected[0]
@@ -474,16 +717,24 @@ def collect(root, source, only_assignments=None, fmt="auto", pattern=None, roste
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for (student, aid), group in sorted(groups.items()):
             group.sort(key=lambda c: c.rank)
-            best = group[-1]
-            for old in group[:-1]:
-                rows.append(_row(old.rel, "superseded", student, aid, old.platform_id,
-                                 detail=f"an older hand-in: {best.rel} is kept"))
-            status, detail = _put(root, student, aid, best, stamp)
-            if best.note:
-                detail = "; ".join(filter(None, [detail, best.note]))
-            rows.append(_row(best.rel, status, student, aid, best.platform_id, detail))
-            for rel, _ in best.extras:
-                rows.append(_row(rel, "copied", student, aid, best.platform_id, detail="file beside the notebook"))
+            best = None
+            for cand in reversed(group):        # the newest that can be read safely
+                if best is not None:
+                    rows.append(_row(cand.rel, "superseded", student, aid, cand.platform_id,
+                                     detail=f"an older hand-in: {best.rel} is kept"))
+                    continue
+                try:
+                    status, detail, more = _put(root, top, student, aid, cand, stamp)
+                except Refused as exc:
+                    rows.append(_row(cand.rel, "ignored", student, aid, cand.platform_id, detail=str(exc)))
+                    continue
+                best = cand
+                if cand.note:
+                    detail = "; ".join(filter(None, [detail, cand.note]))
+                rows.append(_row(cand.rel, status, student, aid, cand.platform_id, detail))
+                rows += more
+            if best is None:
+                continue
             copied.append((student, aid))
             if used == "canvas":
                 ids.setdefault("canvas", {})[student] = {"id": best.platform_id, "name": best.name}
@@ -515,39 +766,92 @@ class Collected(list):
         return [r for r in self.rows if r["status"] in PROBLEMS]
 
 
-def _put(root, student, aid, cand, stamp):
-    """Copy one hand-in; returns (status, detail). An existing, different copy is kept under
-    .lossgrader/replaced/<stamp>/ before it is replaced."""
+def _put(root, top, student, aid, cand, stamp):
+    """Copy one hand-in (read safely from the source: raises Refused before anything is
+    written); returns (status, detail, rows of the files beside it). An existing, different
+    copy is kept under .lossgrader/replaced/<stamp>/ before it is replaced. Writes nbgrader's
+    timestamp.txt and submission_secret.txt beside the notebook."""
+    data, mtime = _read(top, cand.rel)
     dest = os.path.join(root, "submitted", student, aid)
     target = os.path.join(dest, aid + ".ipynb")
     status, detail = "copied", ""
-    if os.path.isfile(target):
-        with open(target, "rb") as fh_old, open(cand.path, "rb") as fh_new:
-            same = fh_old.read() == fh_new.read()
-        if same:
+    if os.path.lexists(target):
+        try:
+            old = _read(dest, aid + ".ipynb")[0]
+        except Refused:
+            old = None
+        if old == data:
             status = "unchanged"
         else:
-            keep = os.path.join(root, STATE_DIR, "replaced", stamp, student, aid)
-            os.makedirs(keep, exist_ok=True)
-            shutil.copy2(target, os.path.join(keep, aid + ".ipynb"))
             status = "replaced"
-            detail = (f"submitted/{student}/{aid}/{aid}.ipynb replaced by this newer hand-in; "
-                      f"the previous copy is in {os.path.relpath(keep, root)}/")
+            detail = f"submitted/{student}/{aid}/{aid}.ipynb replaced by this newer hand-in; "
+            if old is None:
+                detail += "the previous copy was not a readable regular file and is not kept"
+            else:
+                keep = os.path.join(root, STATE_DIR, "replaced", stamp, student, aid)
+                os.makedirs(keep, exist_ok=True)
+                _write(os.path.join(keep, aid + ".ipynb"), old)
+                detail += f"the previous copy is in {os.path.relpath(keep, root)}/"
     os.makedirs(dest, exist_ok=True)
     if status != "unchanged":
-        shutil.copy2(cand.path, target)
-    for rel, path in cand.extras:
+        _write(target, data, mtime)
+    rows, when = [], None
+    for rel, _ in cand.extras:
         inner = rel.split("/", 2)[2]
-        out = os.path.join(dest, *inner.split("/"))
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        shutil.copy2(path, out)
-    return status, detail
+        if inner == SECRET:
+            rows.append(_row(rel, "ignored", student, aid, cand.platform_id,
+                             detail=f"collect writes its own {SECRET}"))
+            continue
+        try:
+            extra, _ = _read(top, rel, limit=1024 if inner == TIMESTAMP else None)
+        except Refused as exc:
+            rows.append(_row(rel, "ignored", student, aid, cand.platform_id, detail=str(exc)))
+            continue
+        if inner == TIMESTAMP:        # nbgrader's own hand-in folder: its submission time
+            when = _parse_time(extra.decode("utf-8", "replace").strip())
+            rows.append(_row(rel, "copied" if when else "ignored", student, aid, cand.platform_id,
+                             detail="the hand-in's submission time" if when else
+                             "not a time nbgrader can read: the file time is used instead"))
+            continue
+        _write(os.path.join(dest, *inner.split("/")), extra)
+        rows.append(_row(rel, "copied", student, aid, cand.platform_id, detail="file beside the notebook"))
+    if status != "unchanged" or not os.path.isfile(os.path.join(dest, TIMESTAMP)):
+        when = _parse_time(cand.stamp) or when or datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc)
+        _write(os.path.join(dest, TIMESTAMP), when.strftime(TIMESTAMP_FORMAT).encode())
+    if status != "unchanged" or not os.path.isfile(os.path.join(dest, SECRET)):
+        _write(os.path.join(dest, SECRET), secrets.token_hex(64).encode())
+    return status, detail, rows
+
+
+def _parse_time(text):
+    """An aware UTC datetime for a submission time written as text (nbgrader's timestamp.txt,
+    a pattern's timestamp group; without a zone: UTC, as nbgrader reads it), or None when it
+    does not read as a date with its year written out."""
+    if not text or len(text) > 100:
+        return None
+    from dateutil import parser
+    try:
+        when = parser.parse(text)
+        if str(when.year) not in text:
+            return None         # "7" would read as the 7th of this month
+        if when.tzinfo is None:
+            return when.replace(tzinfo=datetime.timezone.utc)
+        return when.astimezone(datetime.timezone.utc)
+    except (ValueError, OverflowError, LookupError):
+        return None
+
+
+def _write(path, data, mtime=None):
+    """Write path atomically (a temporary file renamed over it: a link there is replaced,
+    never written through)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    if mtime is not None:
+        os.utime(tmp, (mtime, mtime))
+    os.replace(tmp, path)
 
 
 def write_report(path, rows):
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=REPORT_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    write_csv(path, REPORT_FIELDS, rows)
