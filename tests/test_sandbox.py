@@ -387,6 +387,41 @@ def test_file_size_limit(course):
     assert (scratch / "big.bin").stat().st_size <= 1 << 20
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("folder", ["/tmp", "/dev/shm"])
+def test_private_tmpfs_is_capped_in_total(course, folder):
+    """Files each under the file-size limit cannot add up to more than the tmpfs cap
+    (Limits.tmpfs_bytes, bwrap --size): /tmp and /dev/shm are memory, not the host's disk."""
+    helped = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, timeout=30)
+    if "--size" not in (helped.stdout + helped.stderr).split():
+        pytest.skip("this bwrap has no --size (older than 0.5): its private tmpfs cannot be capped")
+    limits = Limits(max_file_bytes=1 << 20)
+    cap = limits.tmpfs_bytes()
+    assert 16 * 943713 > 2 * cap               # what the attack writes: well over the cap (4 MiB today)
+    sb = Sandbox(str(course["scratch"]), limits)
+    r = py(sb, f"""
+        import errno, os
+        written = 0
+        try:
+            for n in range(16):                   # 16 files of 0.9 MiB (under the file-size limit)
+                with open("{folder}/part%d" % n, "wb") as f:
+                    for _ in range(9):
+                        f.write(b"x" * 104857)
+                        f.flush()
+                        written += 104857
+            print("WROTE", written)
+        except OSError as exc:
+            print("stopped", written, errno.errorcode[exc.errno])
+        total = sum(os.path.getsize(os.path.join("{folder}", n)) for n in os.listdir("{folder}"))
+        print("total", total)
+    """)
+    sb.kill()
+    assert r.returncode == 0, r.stderr
+    words = r.stdout.split()
+    assert words[0] == b"stopped" and b"ENOSPC" in r.stdout, r.stdout
+    assert 0 < int(words[-1]) <= cap, r.stdout
+
+
 @pytest.mark.timeout(60)
 def test_cpu_time_limit_kills_a_busy_loop_even_if_sigxcpu_is_ignored(course):
     sb = Sandbox(str(course["scratch"]), Limits(cpu_seconds=1))
