@@ -387,7 +387,25 @@ def _foreign_sqlite(path):
         con.execute("INSERT INTO notes (text) VALUES ('not a gradebook')")
 
 
+def _btree_page(path):
+    """Scramble one b-tree page in the middle of the file: the header, the size and the schema
+    (page 1) stay intact, so only SQLite's own check of the pages can tell."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        page_size = con.execute("PRAGMA page_size").fetchone()[0]
+        pages = con.execute("PRAGMA page_count").fetchone()[0]
+        roots = [r for (r,) in con.execute("SELECT rootpage FROM sqlite_master WHERE rootpage > 1")]
+    finally:
+        con.close()
+    page = min(roots, key=lambda r: abs(r - pages / 2))
+    assert 1 < page < pages
+    with open(path, "r+b") as fh:
+        fh.seek((page - 1) * page_size)
+        fh.write(bytes((7 * i + 1) % 256 for i in range(page_size)))     # page type 1: no such b-tree page
+
+
 @pytest.mark.parametrize("damage, words", [
+    (_btree_page, "SQLite reports it damaged"),
     (_garbage, "not an SQLite database"),
     (_truncated, "truncated"),
     (_zero_bytes, "empty"),
