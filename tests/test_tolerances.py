@@ -6,6 +6,9 @@
   accumulation, softplus / logsigmoid / logsumexp forms, torch.where instead of clamp.
 - The table is what decides: with judge.TOLERANCES loosened 10×, the 10× near misses pass
   (so the near-miss test would fail: it depends on the table's values).
+- The table is the one promised: the near misses are sized from PROMISED (docs/grader.md's
+  table, written out here), never from a copy of the source, and the source's table is read
+  when each test runs; a table loosened in lossgrader/judge.py fails the pin and the near misses.
 - Near the tolerance the feedback prints two different numbers and asks about an epsilon;
   gradient failures are named by cause; hints come only from cases that discriminate.
 """
@@ -24,8 +27,22 @@ from lossgrader import EXERCISES, check, judge
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import good  # noqa: E402
 
-# The table as written, captured before any test loosens it: the near misses are sized from it.
-TABLE = dict(judge.TOLERANCES)
+# The tolerances this course promises (docs/grader.md, "Tolerance policy"): (rtol, atol) per
+# dtype. The near misses are sized from these, not from judge.TOLERANCES: a table loosened in
+# the source must not loosen the tests that check it.
+PROMISED = {
+    torch.float16: (1e-2, 1e-3),
+    torch.bfloat16: (2e-2, 1e-2),
+    torch.float32: (1e-4, 1e-5),
+    torch.float64: (1e-5, 1e-5),
+}
+TABLE = {dtype: judge.Tolerance(rtol, atol) for dtype, (rtol, atol) in PROMISED.items()}
+
+
+def _source_table():
+    """lossgrader.judge.TOLERANCES as it is when the test runs (not a copy made at import)."""
+    return judge.TOLERANCES
+
 
 # Just under k× the allowed error, so that a table loosened k× accepts the near miss.
 UNDER = 0.98
@@ -91,6 +108,24 @@ def _assert_near_misses_lose_points(exercise, k):
                 assert got and got.group(1) != got.group(2), f"two equal numbers printed: {r.message}"
             else:
                 assert "非常接近" not in r.message, r.message
+
+
+def test_the_table_is_the_promised_one():
+    table = _source_table()
+    assert {d: (t.rtol, t.atol) for d, t in table.items()} == PROMISED
+    for dtype in (torch.float32, torch.float64):       # what judges a case is the table's entry
+        assert (judge.tolerance_for(dtype).rtol, judge.tolerance_for(dtype).atol) == PROMISED[dtype]
+
+
+def test_the_promise_is_the_documented_one():
+    """docs/grader.md's table gives the same numbers (float16 / bfloat16 share a row)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "grader.md").read_text(encoding="utf-8")
+    rows = {m[0]: (m[1].strip(), m[2].strip())
+            for m in re.findall(r"^\| (float[^|]*?) \| ([^|]+) \| ([^|]+) \|", text, re.M)}
+    assert (float(rows["float32"][0]), float(rows["float32"][1])) == PROMISED[torch.float32]
+    assert (float(rows["float64"][0]), float(rows["float64"][1])) == PROMISED[torch.float64]
+    half = [tuple(float(v) for v in cell.split(" / ")) for cell in rows["float16 / bfloat16"]]
+    assert list(zip(*half)) == [PROMISED[torch.float16], PROMISED[torch.bfloat16]]
 
 
 @pytest.mark.parametrize("k", [10, 100])
