@@ -77,3 +77,31 @@ c.GenerateAssignment.preprocessors = [
     ComputeChecksums,
     CheckCellMetadata,
 ]
+
+# nbgrader's own autograde and feedback (the command line and the formgrader's buttons)
+# take lossgrader's path (lossgrader/nbgrader_plugins.py, docs/instructor.md): every
+# hand-in is graded in the bubblewrap sandbox with the test cells judged outside it, or
+# not at all where bubblewrap cannot run; the scores stored are the judge's, never a
+# number the hand-in printed; feedback pages are lossgrader's (Chinese, sanitised, hidden
+# tests removed). Given as names (the hook imports when called): loading this file imports
+# neither lossgrader nor torch.
+c.Autograde.sanitize_preprocessors = [
+    "lossgrader.nbgrader_plugins.RequireSandbox",
+    "nbgrader.preprocessors.ClearOutput",
+]
+c.Autograde.autograde_preprocessors = [
+    "lossgrader.nbgrader_plugins.GradeInSandbox",       # in place of nbgrader's Execute
+    "lossgrader.nbgrader_plugins.SaveJudgedGrades",     # in place of SaveAutoGrades
+    "nbgrader.preprocessors.AssignLatePenalties",
+]
+c.GenerateFeedback.exporter_class = "lossgrader.nbgrader_plugins.FeedbackExporter"
+
+
+def _record_unreadable(**handin):
+    """A file nbgrader cannot read gets 0 and the reason, as with lossgrader autograde."""
+    from lossgrader.nbgrader_plugins import record_unreadable
+
+    record_unreadable(**handin)
+
+
+c.Autograde.pre_convert_hook = _record_unreadable
