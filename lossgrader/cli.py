@@ -8,7 +8,8 @@
                      [--format canvas|moodle]   or a CSV the platform's gradebook import accepts
     lossgrader report [--to report/index.html]  class report: score distributions, typical mistakes, failures, times
     lossgrader restore [BACKUP]             bring back a gradebook backup (.lossgrader/backups/)
-    lossgrader demo                         all of the above on the sample class in samples/submitted/
+    lossgrader demo [--dir DIR]             all of the above on the sample class in samples/submitted/,
+                                            in a scratch course (default _build/demo-course/)
 
 Student code is graded in a bubblewrap sandbox, one per hand-in (``--no-sandbox`` turns
 that off and says that it is unsafe); only this process writes the gradebook.
@@ -150,7 +151,7 @@ def cmd_demo(args):
     from .demo import demo
 
     root = _root(args)
-    print(demo(root, cell_timeout=args.cell_timeout, jobs=args.jobs))
+    print(demo(root, cell_timeout=args.cell_timeout, jobs=args.jobs, dest=args.dir))
     return 0
 
 
@@ -236,10 +237,14 @@ def build_parser():
     p.add_argument("--list", action="store_true", help="list the backups, newest last")
     p.set_defaults(func=cmd_restore)
 
-    p = sub.add_parser("demo", help="grade the sample class in samples/submitted/ end to end")
+    p = sub.add_parser("demo", help="grade the sample class in samples/submitted/ end to end, in a scratch "
+                                    "course (the course's own submitted/ and gradebook are not touched)")
     p.add_argument("--cell-timeout", type=int, default=None)
     p.add_argument("--jobs", "-j", type=int, default=2,
                    help="submissions graded side by side (default 2)")
+    p.add_argument("--dir", default=None,
+                   help="where to make the scratch course (default _build/demo-course/ in the course folder; "
+                        "made afresh on every run)")
     p.set_defaults(func=cmd_demo)
     return parser
 
