@@ -90,7 +90,31 @@ def handins():
         "cheat_prints_number": _with_answer("def check(*args, **kwargs):\n    print(2.0)\n"),
         # the test cell itself replaced by its score
         "cheat_edits_test_cell": edited,
+        # not a cheat: a correct answer wrapped through globals() by a debug printer, which the
+        # grader cannot tell from an attack; whatever it decides (0, or 0 and a person's review
+        # of the test cell), every path stores the same
+        "review_debug_wrapper": _honest_with(DEBUG_WRAPPER),
     }
+
+
+DEBUG_WRAPPER = """
+
+def _debug(fn):
+    def wrapper(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        print('debug:', fn.__name__, tuple(out.shape))
+        return out
+    return wrapper
+
+
+globals()['numerical_gradient'] = _debug(numerical_gradient)
+"""
+
+
+def _honest_with(extra):
+    nb = nbformat.read(os.path.join(ROOT, "samples", "submitted", "demo_full", A, A + ".ipynb"), as_version=4)
+    _cell(nb, ANSWER).source += extra
+    return nb
 
 
 CHEATS = sorted(s for s in handins() if s.startswith("cheat_"))
@@ -217,9 +241,11 @@ def graded(tmp_path_factory):
     try:
         replies = {s: server.post(f"/formgrader/api/submission/{A}/{s}/autograde") for s in handins()}
         feedback_reply = server.post(f"/formgrader/api/assignment/{A}/generate_feedback")
+        listed = {s["student"]: s for s in server.request("GET", f"/formgrader/api/submissions/{A}")}
     finally:
         server.close()
     return {"courses": courses, "replies": replies, "feedback_reply": feedback_reply, "nbgrader_log": nbgrader_log,
+            "listed": listed,
             "scores": {path: scores(root) for path, root in courses.items()}}
 
 
@@ -230,6 +256,20 @@ def test_cheats_score_no_more_than_a_blank_notebook(graded, path):
     assert got["blank"] == (0.0, False), got
     for cheat in CHEATS:
         assert got[cheat][0] is not None and got[cheat][0] <= got["blank"][0], (path, cheat, got[cheat])
+    assert got["review_debug_wrapper"][0] == 0.0        # no marks until a person decides
+
+
+def test_a_cell_flagged_for_review_waits_for_a_person_on_every_path(graded):
+    """Where the worker flags the debug wrapper's test cell for review (lossgrader's
+    needs-manual-grade), nbgrader's paths store the flag too: the formgrader lists it."""
+    flags = {path: got["review_debug_wrapper"] for path, got in graded["scores"].items()}
+    assert len(set(flags.values())) == 1, flags
+    if not flags["lossgrader"][1]:
+        pytest.skip("this worker zeroes the debug wrapper instead of flagging it for review")
+    assert flags["formgrader"] == (0.0, True)
+    listed = graded["listed"]["review_debug_wrapper"]          # what the formgrader's list shows
+    assert listed["needs_manual_grade"] and listed["score"] == 0.0
+    assert not graded["listed"]["honest"]["needs_manual_grade"] and graded["listed"]["honest"]["score"] == POINTS
 
 
 def test_every_path_stores_what_lossgrader_autograde_stores(graded):
