@@ -285,7 +285,9 @@ def test_every_test_cell_is_listed_with_its_score(course):
 def test_attack_page_is_under_the_cap_and_says_what_was_cut(course):
     page = _page(course, ATTACKER).read_text(encoding="utf-8")
     assert len(page.encode()) <= fb.DEFAULT_MAX_PAGE_BYTES
-    assert "本页内容有删减" in page and "已删去" in page and "20.0 MB" in page
+    # the 20 MB output is cut where it is first kept: by the page's cap, or already by the
+    # grader's output cap when nbgrader grades through lossgrader (nbgrader_config.py)
+    assert ("本页内容有删减" in page and "已删去" in page and "20.0 MB" in page) or "输出过长" in page
     assert "测试：均方误差 MSE" in page                   # the rest of the page is still there
     assert "反馈页不运行也不显示它" in page                # the JavaScript and widget outputs, in Chinese
 
@@ -441,6 +443,59 @@ def test_remote_images_become_text():
     assert 'href="https://colab.research.google.com/x"' in cleaned
     assert "<b>x</b>" not in cleaned and "&lt;b&gt;x&lt;/b&gt;" in cleaned
     assert '<img src="data:image/png;base64,iVBORw0KGgo=">' in cleaned
+
+
+
+# ------------------------------------------------------------------------ event handlers on images
+
+#: A 1×1 PNG: a valid data: image keeps its <img> through the sanitiser (a relative or remote
+#: src is turned into text), so only the attribute allowlist stands between it and a handler.
+PNG_1PX = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+IMAGE_HANDLERS = [
+    f"<img src={src} {attr}=alert(1)>"
+    for src in ("x", f'"{PNG_1PX}"', "https://example.com/a.png")
+    for attr in ("onerror", "onload", "ONERROR", "OnLoad")
+] + [
+    f'<IMG SRC="{PNG_1PX}" ONERROR="alert(1)" ALT="图">',
+    f'<img/src="{PNG_1PX}"/onerror=alert(1)>',
+    f'<img src="{PNG_1PX}" onerror = "alert(1)" onmouseover=alert(2) onfocus=alert(3) tabindex=0>',
+]
+DATA_IMAGES = sum(PNG_1PX in fragment for fragment in IMAGE_HANDLERS)
+
+
+def _handlers(markup):
+    return [(t, k) for t, a in _Markup(markup).tags for k in a if k.lower().startswith("on")]
+
+
+@pytest.mark.parametrize("fragment", IMAGE_HANDLERS)
+def test_clean_html_drops_event_handlers_on_images(fragment):
+    cleaned = fb.clean_html(fragment)
+    assert not _handlers(cleaned), cleaned
+    assert not re.search(r"<img\b[^>]*\bon\w+\s*=", cleaned, re.I), cleaned
+    if PNG_1PX in fragment:                     # the image itself is kept: the handler alone was removed
+        assert [t for t, _ in _Markup(cleaned).tags] == ["img"], cleaned
+
+
+def test_no_event_handler_on_an_image_reaches_the_page(course, tmp_path):
+    """The same attributes in a markdown cell, in HTML and markdown outputs of an answer cell:
+    the page keeps the embedded images and none of their handlers."""
+    nb = nbformat.read(course / "autograded" / "demo_full" / A / f"{A}.ipynb", as_version=4)
+    joined = "\n\n".join(IMAGE_HANDLERS)
+    nb.cells.insert(1, nbformat.v4.new_markdown_cell("图片：\n\n" + joined))
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == "answer_mse":
+            cell.outputs = [nbformat.v4.new_output("display_data", data={"text/html": fragment})
+                            for fragment in IMAGE_HANDLERS]
+            cell.outputs.append(nbformat.v4.new_output("display_data", data={"text/markdown": joined}))
+    path = tmp_path / f"{A}.ipynb"
+    nbformat.write(nb, path)
+    renderer = fb.PageRenderer(fb.course_config(str(course)), "sqlite:///" + str(course / "gradebook.db"))
+    page = renderer.render(str(path), "demo_full", A)
+    assert not _handlers(page), _handlers(page)
+    images = [a.get("src") for t, a in _Markup(page).tags if t == "img" and a.get("src") == PNG_1PX]
+    # kept from the HTML outputs and from markdown (where the markdown parser takes the tag as HTML)
+    assert len(images) >= 2 * DATA_IMAGES
+    assert not re.search(r"<img\b[^>]*\bon\w+\s*=", page, re.I)
 
 
 # ------------------------------------------------------------------------ the in-notebook report, dark themes
