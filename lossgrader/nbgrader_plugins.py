@@ -43,8 +43,11 @@ loading ``nbgrader_config.py`` imports neither this module nor torch.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
+import tempfile
 import time
 
 try:  # nbgrader is an instructor-only dependency
@@ -335,9 +338,47 @@ class SaveJudgedGrades(_Preprocessor):
                                "c.Autograde.autograde_preprocessors (nbgrader_config.py)")
         if not handin["recorded"]:
             result = handin["result"]
-            store_result(_course_root(self), result, handin["seconds"], log=self.log)
+            root = _course_root(self)
+            # record() rewrites autograded/<student>/<assignment>/: keep the other files nbgrader
+            # copied there (timestamp.txt, submission_secret.txt, the hand-in's and the
+            # instructor's data files), which generate_feedback and release_feedback read
+            with _other_files_kept(_autograded_dir(self, root, result.student, result.assignment)):
+                store_result(root, result, handin["seconds"], log=self.log)
             handin["recorded"] = True
         return nb, resources
+
+
+def _autograded_dir(configurable, root, student, assignment) -> str:
+    coursedir = getattr(_converter(configurable), "coursedir", None)
+    if coursedir is not None:
+        return os.path.abspath(coursedir.format_path(coursedir.autograded_directory, student, assignment))
+    return os.path.join(root, "autograded", student, assignment)
+
+
+@contextlib.contextmanager
+def _other_files_kept(dest):
+    """Files of ``dest`` other than notebooks are moved aside while the body runs and put
+    back where it left no file of that name."""
+    files = []
+    if os.path.isdir(dest) and not os.path.islink(dest):
+        for folder, dirs, names in os.walk(dest):
+            files += [os.path.relpath(os.path.join(folder, n), dest) for n in names if not n.endswith(".ipynb")]
+    if not files:
+        yield
+        return
+    aside = tempfile.mkdtemp(prefix=".lossgrader-kept-", dir=os.path.dirname(dest))
+    try:
+        for rel in files:
+            os.makedirs(os.path.dirname(os.path.join(aside, rel)), exist_ok=True)
+            os.replace(os.path.join(dest, rel), os.path.join(aside, rel))
+        yield
+    finally:
+        for rel in files:
+            target = os.path.join(dest, rel)
+            if os.path.lexists(os.path.join(aside, rel)) and not os.path.lexists(target):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.replace(os.path.join(aside, rel), target)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------

@@ -122,11 +122,16 @@ WORK_ON_PLAIN_NBGRADER = [c for c in CHEATS if c != "cheat_edits_test_cell"]   #
 
 
 def make_course(dest):
+    """A course copy with the class handed in through ``lossgrader collect`` (which writes
+    nbgrader's timestamp.txt and submission_secret.txt beside each hand-in) and registered."""
+    from lossgrader.collect import collect
+
     root = copy_course(dest, [A])
+    inbox = os.path.join(str(dest) + "-inbox")
     for student, nb in handins().items():
-        folder = os.path.join(root, "submitted", student, A)
-        os.makedirs(folder)
-        nbformat.write(nb, os.path.join(folder, A + ".ipynb"))
+        os.makedirs(os.path.join(inbox, student, A))
+        nbformat.write(nb, os.path.join(inbox, student, A, A + ".ipynb"))
+    assert sorted(collect(root, inbox)) == sorted((s, A) for s in handins())
     gradebook.register(root, [A])
     return root
 
@@ -237,15 +242,20 @@ def graded(tmp_path_factory):
     nbgrader_log = proc.stdout + proc.stderr
 
     courses["formgrader"] = root = make_course(base / "formgrader")
+    exchange = base / "exchange"
+    exchange.mkdir()
+    with open(os.path.join(root, "nbgrader_config.py"), "a", encoding="utf-8") as fh:
+        fh.write(f"\nc.Exchange.root = {str(exchange)!r}\n")
     server = Formgrader(root, str(base))
     try:
         replies = {s: server.post(f"/formgrader/api/submission/{A}/{s}/autograde") for s in handins()}
         feedback_reply = server.post(f"/formgrader/api/assignment/{A}/generate_feedback")
+        release_reply = server.post(f"/formgrader/api/assignment/{A}/release_feedback")
         listed = {s["student"]: s for s in server.request("GET", f"/formgrader/api/submissions/{A}")}
     finally:
         server.close()
     return {"courses": courses, "replies": replies, "feedback_reply": feedback_reply, "nbgrader_log": nbgrader_log,
-            "listed": listed,
+            "listed": listed, "release_reply": release_reply, "exchange": exchange,
             "scores": {path: scores(root) for path, root in courses.items()}}
 
 
@@ -321,6 +331,24 @@ def test_formgrader_generate_feedback_writes_lossgraders_pages(graded):
     for student, page in pages.items():
         with open(os.path.join(root, "feedback", student, A, A + ".html"), encoding="utf-8") as fh:
             assert fh.read() == page, student
+
+
+def test_formgrader_release_feedback_releases_lossgraders_pages(graded):
+    """Release Feedback (nbgrader's exchange) finds the timestamp and secret it needs beside
+    each page (collect wrote them in submitted/, autograde and generate_feedback kept them)
+    and releases the pages lossgrader wrote."""
+    assert graded["release_reply"]["success"], graded["release_reply"]
+    root = graded["courses"]["formgrader"]
+    released = sorted((graded["exchange"] / "loss-functions-zh" / "feedback").glob("*.html"))
+    assert len(released) == len(handins())
+    pages = set()
+    for student in handins():
+        folder = os.path.join(root, "feedback", student, A)
+        assert os.path.isfile(os.path.join(folder, "timestamp.txt"))
+        assert os.path.isfile(os.path.join(folder, "submission_secret.txt"))
+        with open(os.path.join(folder, A + ".html"), "rb") as fh:
+            pages.add(fh.read())
+    assert {p.read_bytes() for p in released} == pages
 
 
 def test_nbgrader_generate_feedback_writes_lossgraders_pages(graded):
