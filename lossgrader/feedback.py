@@ -266,7 +266,8 @@ def feedback(root, only_assignments=None, only_students=None, progress=True, str
             path = os.path.join(dest_dir, name + ".html")
             nb_path = os.path.join(autograded, name + ".ipynb")
             if entry.get("status") == "failed" or not os.path.isfile(nb_path):
-                reason = reason_zh(entry["reason"]) if entry.get("reason") else "这份作业尚未自动评分。"
+                # the stored reason is capped (autograde.MAX_REASON_CHARS); an older status file's is cut here
+                reason = reason_zh(str(entry["reason"])[:1_000]) if entry.get("reason") else "这份作业尚未自动评分。"
                 page = render_failed(aid, student, _max_score(root, aid), reason)
             else:
                 renderer = renderer or PageRenderer(cfg, db_url)
