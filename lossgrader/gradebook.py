@@ -875,6 +875,28 @@ def _unchanged(handed_in, grade_id, checksum):
     return True
 
 
+def _flag_for_review(grade):
+    """A test cell the grader could not decide (HandinResult.review): 0.0, and a manual grade
+    needed; it counts once a person gives it a score in the formgrader (kept like any manual
+    score when the hand-in is graded again)."""
+    grade.auto_score = 0.0
+    grade.needs_manual_grade = True
+
+
+def _flagged_cells(autograded) -> set:
+    """Grade ids of the test cells the worker flagged for review in an autograded notebook
+    (``metadata["lossgrader"]["review"]``; lossgrader.normalize drops any a hand-in brings)."""
+    flagged = set()
+    for cell in getattr(autograded, "cells", None) or ():
+        meta = cell.get("metadata", {})
+        mark = meta.get("lossgrader") if isinstance(meta, dict) else None
+        grade = meta.get("nbgrader") if isinstance(meta, dict) else None
+        if isinstance(mark, dict) and isinstance(mark.get("review"), dict) and isinstance(grade, dict) \
+                and isinstance(grade.get("grade_id"), str):
+            flagged.add(grade["grade_id"])
+    return flagged
+
+
 def _apply_grade(grade, auto_score, failed):
     """Set one Grade row as nbgrader's SaveAutoGrades does; the manual score is never touched."""
     grade.auto_score = auto_score
@@ -920,6 +942,11 @@ def write_result(url, result, timestamp=None):
       result.notebooks shows it unchanged from the release, else None, to grade by hand),
       and needs_manual_grade = (the instructor gave a manual score) or (no auto score);
       solution cells get the auto comment "No response." when unchanged;
+    * a test cell in result.review, or flagged in its autograded notebook
+      (``metadata["lossgrader"]["review"]``; the grader's signals could not decide, see
+      lossgrader.worker), gets auto_score 0.0 and needs_manual_grade True whatever its
+      automatic score: nbgrader's formgrader lists it as needing a manual grade, and the
+      manual score given there counts;
     * status "failed": an explicit 0.0 for every grade and task cell, needs_manual_grade False;
     * a manual score the instructor gave is kept (nbgrader's score uses it first);
     * timestamp (nbgrader's timestamp.txt text or a datetime; see submission_timestamp)
@@ -954,11 +981,15 @@ def write_result(url, result, timestamp=None):
         if len(graded_names) != len(set(graded_names)):
             raise InvalidResult(f"The assignment {result.assignment} uses a grade id in two notebooks: "
                                 "scores keyed by grade id would be ambiguous; nothing was written.")
+        review = getattr(result, "review", None) or {}
         if not failed:
             unknown = sorted(set(result.scores) - set(graded_names))
             if unknown:
                 raise InvalidResult(f"{result.student}/{result.assignment}: the result scores cells the "
                                     f"gradebook does not know ({', '.join(unknown)}); nothing was written.")
+            if not isinstance(review, dict) or set(review) - set(graded_names):
+                raise InvalidResult(f"{result.student}/{result.assignment}: the result flags cells the "
+                                    "gradebook does not know for review; nothing was written.")
 
         student = db.get(Student, result.student)
         if student is None:
@@ -988,6 +1019,7 @@ def write_result(url, result, timestamp=None):
                 handed_in = nbformat.reads(text, as_version=4) if text else None
             except Exception:
                 handed_in = None
+            flagged = set(review) | _flagged_cells(handed_in)
 
             for cell in list(notebook.grade_cells) + list(notebook.task_cells):
                 grade = grades.get(cell.id)
@@ -1000,7 +1032,10 @@ def write_result(url, result, timestamp=None):
                 else:
                     score = _score_for(result, cell, kind, points,
                                        _unchanged(handed_in, cell.name, checksums.get(cell.name)))
-                _apply_grade(grade, score, failed)
+                if not failed and cell.name in flagged:
+                    _flag_for_review(grade)
+                else:
+                    _apply_grade(grade, score, failed)
 
             for cell in list(notebook.solution_cells) + list(notebook.task_cells):
                 comment = comments.get(cell.id)

@@ -159,16 +159,22 @@ def capture_output():
 # --------------------------------------------------------------------------- exits
 @contextlib.contextmanager
 def guard_exits():
-    """Turn sys.exit, exit(), quit() and os._exit into a StudentExit exception."""
-    def make(how):
+    """Turn sys.exit, exit(), quit() and os._exit into a StudentExit exception. A process
+    forked meanwhile (a DataLoader worker) exits for real: the exception would carry it back
+    into the grader's code as a second runtime."""
+    owner = os.getpid()
+
+    def make(how, original):
         def refuse(*args, **kwargs):
+            if os.getpid() != owner:
+                return original(*args, **kwargs)
             raise StudentExit(how)
         return refuse
 
     patched = [(sys, "exit"), (os, "_exit"), (os, "abort"), (builtins, "exit"), (builtins, "quit")]
     saved = [(obj, name, getattr(obj, name)) for obj, name in patched if hasattr(obj, name)]
-    for obj, name, _ in saved:
-        setattr(obj, name, make(f"{obj.__name__}.{name}"))
+    for obj, name, original in saved:
+        setattr(obj, name, make(f"{obj.__name__}.{name}", original))
     try:
         yield
     finally:
@@ -176,19 +182,175 @@ def guard_exits():
             setattr(obj, name, original)
 
 
+# --------------------------------------------------------------------------- identity
+def attribute_name(func) -> str:
+    """The name an object gives itself ("torch.nn.functional.mse_loss"); a Python function's
+    ``__module__`` and ``__qualname__`` are writable, so this alone proves nothing."""
+    module = getattr(func, "__module__", None) or ""
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    return f"{module}.{name}" if module else str(name)
+
+
+def _genuine_table() -> dict:
+    """{id: (object, name)} of torch's functions and tensor methods as they were when this
+    module was imported: in the grading sandbox that is before any student code (the zygote
+    imports the runtime before forking a kernel; a cold kernel imports it first). The objects
+    are kept, so an id cannot be reused."""
+    owners = [torch, torch.nn.functional, torch.Tensor, torch._C.TensorBase, torch._C._nn, torch.autograd,
+              torch.linalg, torch.special, torch.fft]
+    table = {}
+    for owner in owners:
+        for value in list(getattr(owner, "__dict__", {}).values()):
+            if callable(value) and not isinstance(value, type) and id(value) not in table:
+                try:
+                    table[id(value)] = (value, attribute_name(value))
+                except Exception:
+                    continue
+    return table
+
+
+_GENUINE = _genuine_table()
+
+
+def genuine_name(func):
+    """The name ``func`` had before student code ran, if it is one of torch's own functions
+    (a renamed ``F.mse_loss`` is still "torch.nn.functional.mse_loss"), else None."""
+    entry = _GENUINE.get(id(func))
+    return entry[1] if entry is not None and entry[0] is func else None
+
+
+# --------------------------------------------------------------------------- threads and processes
+# What the spies cannot see is reported as a gap in the observation (a pseudo-call in the
+# runtime's "calls"); the judge flags the test cell for a person (lossgrader.judge).
+GAP_THREAD = "lossgrader.gap.unobserved-thread"     # a thread no spy follows ran beside the check
+GAP_FORK = "lossgrader.gap.process-started"         # the check forked a process
+GAP_CHILD = "lossgrader.gap.child-process"          # a process the kernel started was alive
+GAPS = (GAP_THREAD, GAP_FORK, GAP_CHILD)
+
+_active = [None]          # the CallSpy of the check running now
+_followed = set()         # threads that carry a _ThreadSpy
+_kernel_threads = None    # the kernel's own threads (kernel_started); None: not a grading kernel
+_forks = [0]
+
+
+def _count_fork():
+    _forks[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_count_fork)
+
+
+class _ThreadSpy(TorchFunctionMode):
+    """Pushed on every thread started through ``threading`` while a check runs (or, in a
+    grading kernel, at any time): a TorchFunctionMode is per thread, so a call made on a pool
+    thread reaches the running check's CallSpy through this one."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        spy = _active[0]
+        if spy is not None:
+            spy.calls.append((func, kwargs))
+        return func(*args, **kwargs)
+
+
+def _follow(frame, event, arg):
+    """threading's profile hook: runs once at the start of a new thread, then removes itself."""
+    sys.setprofile(None)
+    try:
+        _ThreadSpy().__enter__()
+        _followed.add(threading.get_ident())
+    except Exception:
+        pass
+
+
+def _thread_hook():
+    getter = getattr(threading, "getprofile", None)
+    return getter() if getter is not None else getattr(threading, "_profile_hook", None)
+
+
+def kernel_started() -> None:
+    """Called by the autograder in a fresh kernel before any cell of the hand-in runs: the
+    threads alive now are the kernel's own, and every thread started from now on is followed."""
+    global _kernel_threads
+    _kernel_threads = frozenset(sys._current_frames())
+    threading.setprofile(_follow)
+
+
+def _foreign_threads() -> set:
+    """Threads running Python that no spy follows and that are not the kernel's own (only
+    known in a grading kernel)."""
+    if _kernel_threads is None:
+        return set()
+    me = threading.get_ident()
+    return {t for t in sys._current_frames() if t != me and t not in _kernel_threads and t not in _followed}
+
+
+def _children() -> bool:
+    """Whether a child process of this one exists (only asked in a grading kernel): one
+    ``waitid`` that neither waits nor reaps (ECHILD: none)."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WSTOPPED | os.WCONTINUED | os.WNOHANG | os.WNOWAIT)
+        return True
+    except ChildProcessError:
+        return False
+    except (AttributeError, OSError):     # no waitid here: read the task list
+        pid = os.getpid()
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as fh:
+                    if fh.read().split():
+                        return True
+        except OSError:
+            pass
+        return False
+
+
 # --------------------------------------------------------------------------- spy
 class CallSpy(TorchFunctionMode):
     """Records the torch functions called while active (including the ones reached
-    through nn.Module losses and names imported directly from torch.nn.functional)."""
+    through nn.Module losses and names imported directly from torch.nn.functional), on this
+    thread and on every thread started through ``threading`` (see _ThreadSpy), and what
+    it could not watch (``gaps()``)."""
 
     def __init__(self):
         super().__init__()
         self.calls = []
+        self._gaps = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.calls.append((func, kwargs))
         return func(*args, **kwargs)
+
+    def _watch(self):
+        if _foreign_threads():
+            self._gaps.add(GAP_THREAD)
+        if _kernel_threads is not None and _children():
+            self._gaps.add(GAP_CHILD)
+
+    def __enter__(self):
+        self._previous, self._hook, self._forks = _active[0], _thread_hook(), _forks[0]
+        self._watch()
+        _active[0] = self
+        if self._hook is not _follow:
+            threading.setprofile(_follow)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            _active[0] = self._previous
+            if self._hook is not _follow:
+                threading.setprofile(self._hook)
+            if _forks[0] != self._forks:
+                self._gaps.add(GAP_FORK)
+            self._watch()
+
+    def gaps(self) -> list:
+        """The GAP_* signals seen while active: what ran where no spy could see it."""
+        return sorted(self._gaps)
 
 
 _student_depth = threading.local()

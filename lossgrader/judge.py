@@ -16,7 +16,7 @@ import torch
 
 from .runtime import device_name
 
-from .guards import single_thread
+from .guards import GAPS, GAP_CHILD, GAP_FORK, GAP_THREAD, single_thread
 
 class CaseFailure(Exception):
     def __init__(self, status: str, message: str, hint: Optional[str] = None, fallback: Optional[str] = None):
@@ -165,6 +165,47 @@ def check_forbidden(calls, rules) -> None:
                     raise CaseFailure("forbidden", rule.message)
                 raise CaseFailure("forbidden", f"本练习要求你自己实现，不允许调用 <code>{rule.name}</code>。",
                                   "只用基本的张量运算（加减乘除、exp、log、sum、mean 等）实现公式。")
+
+
+# ----------------------------------------------------------------------------- observation gaps
+# What the runtime could not watch (lossgrader.guards.GAPS): the verdict cannot rest on its
+# spies alone, so the test cell goes to a person (English: the instructor reads it).
+GAP_REASONS = {
+    GAP_THREAD: "a thread that the grader's spies do not follow (not started through `threading` while "
+                "grading, or a C-level thread running Python) was alive while the function was checked",
+    GAP_FORK: "the function started a process while it was checked (what ran there was not observed)",
+    GAP_CHILD: "a process started by the hand-in was alive while the function was checked",
+}
+GAP_ZH = {GAP_THREAD: "评分时有评分器无法跟踪的线程在运行", GAP_FORK: "评分时你的代码启动了子进程",
+          GAP_CHILD: "评分时有你的代码启动的子进程在运行"}
+
+
+def observation_gaps(responses, limit: int = 10_000) -> list:
+    """The GAP_* signals anywhere in the runtime's responses (every case, every module run),
+    in a fixed order; a bounded walk over plain data."""
+    found, stack, steps = set(), [responses], 0
+    while stack and steps < limit:
+        steps += 1
+        node = stack.pop()
+        if isinstance(node, dict):
+            calls = node.get("calls")
+            if isinstance(calls, list):
+                found.update(c[0] for c in calls if isinstance(c, (list, tuple)) and c and c[0] in GAPS)
+            stack.extend(v for k, v in node.items() if k in ("runs",) and isinstance(v, list))
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, (dict, list)))
+    return [g for g in GAPS if g in found]
+
+
+def review_note(reasons_zh, auto_score: float, points: float) -> str:
+    """The Chinese note a flagged test cell's feedback starts with (HTML): why a person
+    grades it, and the automatic score that person confirms or changes."""
+    items = "".join(f"<li>{r}</li>" for r in reasons_zh)
+    return ("<div class=\"lossgrader-review\"><p><b>本单元等待老师人工复核。</b>"
+            "评分器无法仅凭自动检查确定你的代码没有绕过本练习的规则，原因如下：</p>"
+            f"<ul>{items}</ul>"
+            f"<p>自动评分为 <b>{auto_score:g} / {points:g}</b> 分（见下方的详细结果）。"
+            "老师确认之前，本单元暂记 0 分；确认后以老师给出的分数为准。</p></div>")
 
 
 # ----------------------------------------------------------------------------- values

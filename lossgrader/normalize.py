@@ -8,12 +8,15 @@ Works on plain data only: the released cells come with the grading task
 * Every known cell gets its canonical metadata back (points, flags, checksum), so a
   student cannot raise a test cell's points or unlock it.
 * Read-only cells and test cells get their released source back (nbgrader's
-  OverwriteCells does the same), so a changed test cell grades like the original.
+  OverwriteCells does the same), so a changed test cell grades like the original and code
+  added to the read-only setup cell is gone (the back-door scan still reads a read-only
+  cell whose source is not the released one: lossgrader.backdoors.scan_handin).
 * Deleted test cells and read-only cells are put back where they were, after the
   closest preceding released cell that is still there.
 * Cells whose metadata an editor dropped get their id back: read-only cells by their
   source, answer cells by the names they define.
-* All outputs are cleared: only what runs at grading time is kept.
+* All outputs are cleared: only what runs at grading time is kept; the grader's own
+  cell metadata (``metadata["lossgrader"]``, e.g. a review flag) is dropped.
 """
 from __future__ import annotations
 
@@ -103,6 +106,9 @@ def normalize(nb, released_notebook: dict) -> list:
         if cell.get("cell_type") == "code":
             cell["outputs"] = []
             cell["execution_count"] = None
+        if isinstance(cell.get("metadata"), dict) and "lossgrader" in cell["metadata"]:
+            del cell["metadata"]["lossgrader"]     # the grader's own (a review flag): never the hand-in's
+            log.append("dropped lossgrader metadata a hand-in brought")
         meta = cell.get("metadata", {}).get("nbgrader")
         if meta is None:
             continue

@@ -36,6 +36,10 @@ class HandinResult:
     timings: dict = field(default_factory=dict)      # phase -> seconds (kernel start, cells, judge, ...)
     log: str = ""                                    # worker log lines (English), for the instructor
     attempts: int = 1
+    # grade_id -> {"reason": English, for the instructor; "auto_score": what the judge computed}
+    # for each test cell the signals could not decide (lossgrader.backdoors, judge.observation_gaps):
+    # its score above is 0.0 and the gradebook marks it needs_manual_grade until a person grades it
+    review: dict = field(default_factory=dict)
 
     @property
     def score(self) -> float:

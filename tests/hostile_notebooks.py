@@ -243,3 +243,165 @@ def as_colab(nb, fake_output="99.0"):
             c["outputs"] = [{"output_type": "execute_result", "execution_count": i + 1, "metadata": {},
                              "data": {"text/plain": [fake_output]}}]
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+# --------------------------------------------------------------------------- forbidden built-ins
+# Each answer below calls the built-in its exercise forbids, by a route the in-kernel spies of
+# an earlier grader missed (issue 14): inside a custom autograd.Function, so that no built-in
+# autograd node is left behind. test_forbidden_observation.py grades them.
+QUIET_FUNCTION = '''
+class {name}(torch.autograd.Function):
+    """The value from a built-in, the gradient written by hand: no built-in autograd node."""
+
+    @staticmethod
+    def forward(ctx, pred, target, *extra):
+        ctx.save_for_backward(pred, target)
+        ctx.extra = extra
+        return {value}
+
+    @staticmethod
+    def backward(ctx, g):
+        pred, target = ctx.saved_tensors
+        d = g * ({grad}) / pred.numel()
+        return (d, -d) + (None,) * len(ctx.extra)
+'''
+MSE_GRAD_EXPR = "2 * (pred - target)"
+MAE_GRAD_EXPR = "torch.sign(pred - target)"
+SMOOTH_L1_GRAD_EXPR = "torch.where((pred - target).abs() < ctx.extra[0], (pred - target) / ctx.extra[0], torch.sign(pred - target))"
+HUBER_GRAD_EXPR = "torch.where((pred - target).abs() <= ctx.extra[0], pred - target, ctx.extra[0] * torch.sign(pred - target))"
+
+
+def forbidden_unobserved(full):
+    """Forbidden built-ins by routes the scan does not refuse, so that the runtime must see them:
+    F.mse_loss renamed through an alias (``__qualname__``/``__module__``), the MAE's F.l1_loss
+    on a thread started by logging's QueueListener, torch.autograd.backward(inputs=...) in the
+    MSE gradient, F.huber_loss through TorchScript and F.smooth_l1_loss in a DataLoader worker
+    process (neither observable: flagged for a person, automatic score 1), and a helper planted
+    in the read-only setup cell for the MAE gradient (removed with the rest of the cell's
+    edits: NameError)."""
+    nb = copy.deepcopy(full)
+    answer(nb, "mse").source = (
+        "# 答案\n_f = F.mse_loss\n_f.__qualname__ = 'helper'\n_f.__module__ = '__main__'\n"
+        + QUIET_FUNCTION.format(name="_Quiet", value="_f(pred, target)", grad=MSE_GRAD_EXPR)
+        + "\n\ndef mse_loss(pred, target):\n    return _Quiet.apply(pred, target)\n")
+    answer(nb, "mse_grad").source = (
+        "# 答案\ndef mse_grad(pred, target):\n"
+        "    leaf = pred.detach().clone().requires_grad_(True)\n"
+        "    torch.autograd.backward(((leaf - target) ** 2).mean(), inputs=[leaf])\n"
+        "    return leaf.grad\n")
+    answer(nb, "mae").source = (
+        "# 答案\nimport logging\nimport logging.handlers\nimport queue\n\n"
+        "_jobs, _results = queue.Queue(), queue.Queue()\n\n"
+        "class _Worker(logging.Handler):\n"
+        "    def handle(self, record):\n"
+        "        pred, target = record.msg\n"
+        "        _results.put(F.l1_loss(pred, target))\n\n"
+        "_listener = logging.handlers.QueueListener(_jobs, _Worker())\n"
+        "_listener.start()\n"
+        + QUIET_FUNCTION.format(
+            name="_Elsewhere", grad=MAE_GRAD_EXPR,
+            value="_jobs.put(logging.makeLogRecord({'msg': (pred.detach(), target.detach())})) or "
+                  "_results.get(timeout=20)")
+        + "\n\ndef mae_loss(pred, target):\n    return _Elsewhere.apply(pred, target)\n")
+    answer(nb, "huber").source = (
+        "# 答案\n@torch.jit.script\n"
+        "def _scripted(pred: torch.Tensor, target: torch.Tensor, delta: float) -> torch.Tensor:\n"
+        "    return F.huber_loss(pred, target, delta=delta)\n"
+        + QUIET_FUNCTION.format(name="_Script", value="_scripted(pred, target, float(extra[0]))",
+                                grad=HUBER_GRAD_EXPR)
+        + "\n\ndef huber_loss(pred, target, delta=1.0):\n    return _Script.apply(pred, target, delta)\n")
+    cell(nb, "setup").source += ("\n\ndef _planted(pred, target):\n"
+                                 "    return torch.sign(pred - target) / pred.numel()\n")
+    answer(nb, "mae_grad").source = "# 答案\ndef mae_grad(pred, target):\n    return _planted(pred, target)\n"
+    answer(nb, "smooth_l1").source = (
+        "# 答案\nfrom torch.utils.data import DataLoader, Dataset\n\n"
+        "class _Once(Dataset):\n"
+        "    def __init__(self, pred, target, beta):\n"
+        "        self.pred, self.target, self.beta = pred, target, beta\n"
+        "    def __len__(self):\n        return 1\n"
+        "    def __getitem__(self, i):\n"
+        "        return F.smooth_l1_loss(self.pred, self.target, beta=self.beta)\n"
+        + QUIET_FUNCTION.format(
+            name="_InAWorker", grad=SMOOTH_L1_GRAD_EXPR,
+            value="next(iter(DataLoader(_Once(pred.detach(), target.detach(), extra[0]), batch_size=None, "
+                  "num_workers=1))).to(pred.device)")
+        + "\n\ndef smooth_l1_loss(pred, target, beta=1.0):\n    return _InAWorker.apply(pred, target, beta)\n")
+    return text(nb), scores(**{k: 0 for k in ANSWER_OF})
+
+
+def forbidden_scanned(full):
+    """Forbidden built-ins behind constructs the back-door scan refuses outright (each zeroes the
+    notebook): F.mse_loss on a concurrent.futures pool, torch.save patched to scrub the
+    runtime's record, F.mse_loss renamed in place, and the runtime's own functions replaced
+    through ``import lossgrader as lg``, ``from lossgrader import runtime`` and
+    ``import lossgrader.runtime as r``."""
+    nb = copy.deepcopy(full)
+    answer(nb, "mse").source = (
+        "# 答案\nimport concurrent.futures\n"
+        + QUIET_FUNCTION.format(name="_Pooled", grad=MSE_GRAD_EXPR,
+                                value="concurrent.futures.ThreadPoolExecutor(1).submit(F.mse_loss, pred, target).result()")
+        + "\n\ndef mse_loss(pred, target):\n    return _Pooled.apply(pred, target)\n")
+    answer(nb, "mae").source = (
+        "# 答案\n_save = torch.save\n\n"
+        "def _scrubbed(obj, *args, **kwargs):\n"
+        "    stack = [obj]\n"
+        "    while stack:\n"
+        "        node = stack.pop()\n"
+        "        if isinstance(node, dict):\n"
+        "            if isinstance(node.get('calls'), list):\n"
+        "                node['calls'] = []\n"
+        "            stack.extend(node.values())\n"
+        "        elif isinstance(node, list):\n"
+        "            stack.extend(node)\n"
+        "    return _save(obj, *args, **kwargs)\n\n"
+        "torch.save = _scrubbed\n\n"
+        "def mae_loss(pred, target):\n    return F.l1_loss(pred, target)\n")
+    answer(nb, "huber").source = (
+        "# 答案\nF.huber_loss.__qualname__ = 'mine'\nF.huber_loss.__module__ = '__main__'\n\n"
+        "def huber_loss(pred, target, delta=1.0):\n    return F.huber_loss(pred, target, delta=delta)\n")
+    answer(nb, "smooth_l1").source = (
+        "# 答案\nimport lossgrader as lg\nfrom lossgrader import runtime\nimport lossgrader.runtime as r\n\n"
+        "lg.runtime.graph_ops = lambda result: []\n"
+        "runtime.qualname = lambda func: 'mine'\n"
+        "r.guards.CallSpy.__torch_function__ = lambda self, func, types, args=(), kwargs=None: func(*args, **(kwargs or {}))\n\n"
+        "def smooth_l1_loss(pred, target, beta=1.0):\n    return F.smooth_l1_loss(pred, target, beta=beta)\n")
+    return text(nb), scores(**{k: 0 for k in ANSWER_OF})
+
+
+# what the scan must name for each construct of forbidden_scanned (worker log: "back door in cell ...")
+FORBIDDEN_SCANNED_CONSTRUCTS = ("import concurrent.futures", "torch.save = …", "F.huber_loss.__qualname__ = …",
+                                "from lossgrader import runtime", "import lossgrader.runtime", "lg.runtime")
+
+DEBUG_HELPER = '''
+import functools
+
+
+def _debug(fn):
+    """Print each call's result: a debugging habit, not an attack."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        print(f"[调试] {fn.__name__} -> {tuple(out.shape)}")
+        return out
+    return wrapper
+'''
+
+
+def debug_wrappers(full):
+    """Correct answers, each wrapped through globals() by a debug decorator that prints its
+    results (a student's habit): not clearly an attack, so every test cell is flagged for a
+    person with its automatic score (full marks), and none is zeroed."""
+    nb = copy.deepcopy(full)
+    first = answer(nb, "mse")
+    first.source = first.source + "\n" + DEBUG_HELPER
+    for exercise, c in ANSWER_OF.items():
+        name = {"mse": "mse_loss", "mse_grad": "mse_grad", "mae": "mae_loss", "mae_grad": "mae_grad",
+                "huber": "huber_loss", "smooth_l1": "smooth_l1_loss"}[exercise]
+        a = answer(nb, exercise)
+        a.source = a.source + f"\n\nglobals()[{name!r}] = _debug({name})\n"
+    return text(nb), scores(**{k: 0 for k in ANSWER_OF})
+
+
+# test cells flagged for a person, with the automatic score they show
+REVIEWED = {"forbidden_unobserved": {"test_huber": 1.0, "test_smooth_l1": 1.0},
+            "debug_wrappers": {t: 1.0 for t in TESTS}}

@@ -76,7 +76,8 @@ def Variant(name: str, source: str, expects: str, fn: Callable) -> Mistake:
     return Mistake(f"你实现的是{name}（{source} 的约定），这是另一种损失；本课程的公式要求{expects}。", fn, source)
 
 
-AUTOGRAD = Forbidden("自动求导（.backward() / torch.autograd.grad）", (torch.Tensor.backward, torch.autograd.grad))
+AUTOGRAD = Forbidden("自动求导（.backward() / torch.autograd.grad / torch.autograd.backward）",
+                     (torch.Tensor.backward, torch.autograd.grad, torch.autograd.backward))
 
 
 ONEHOT_HINT = ("目标是类别索引，形状 (N, *)：先把它转成与 logits 同形状 (N, C, *) 的 one-hot，"
