@@ -13,9 +13,11 @@ One :class:`Sandbox` per hand-in. Everything started through it (a plain command
   fonts; ``passwd``/``group``/``hosts`` are synthetic), the interpreter's prefixes and every
   site-packages directory, bound at their own paths; the rest of the machine (``/root``,
   ``/home``, the rest of ``/etc``, the course folder, other hand-ins) does not exist inside;
-* with ``scratch`` as the only writable folder shared with the outside (bound at the same
-  absolute path, so a Jupyter connection file and ``ipc`` sockets in it are seen by both
-  sides), plus a private, size-capped tmpfs on ``/tmp`` and ``/dev/shm``;
+* with ``scratch`` as its working folder: a private, size-capped tmpfs at that path
+  (``private_scratch=True``, how hand-ins are graded: nothing outside reads or writes it)
+  or the host folder bound read-write at the same path (the only writable folder shared
+  with the outside); plus private, size-capped tmpfs mounts on ``/tmp`` and
+  ``/dev/shm`` and its own POSIX message queue folder ``/dev/mqueue``;
 * with ``hide`` paths masked by an empty read-only tmpfs (an empty file for a file), even
   when they lie inside a bound tree; ``extra_ro`` adds read-only binds;
 * with ``--die-with-parent`` (nothing outlives the process that started the sandbox) and
@@ -617,6 +619,8 @@ class Sandbox:
     reaper of its own): signals from inside the sandbox reach it only where it set a
     handler, SIGKILL and SIGSTOP never, and no other process of the sandbox outlives it
     (``lossgrader.warm``'s zygote).
+    ``private_scratch``: ``scratch`` is a tmpfs of the sandbox's own (size
+    ``limits.tmpfs_bytes()``) instead of the host folder, which then need not exist.
     """
 
     def __init__(
@@ -630,10 +634,12 @@ class Sandbox:
         enabled: bool = True,
         devices: Sequence[str] = (),
         as_pid_1: bool = False,
+        private_scratch: bool = False,
         _use_cgroups: bool = True,
     ):
         self.scratch = os.path.abspath(os.fspath(scratch))
-        if not os.path.isdir(self.scratch):
+        self.private_scratch = private_scratch and enabled
+        if not self.private_scratch and not os.path.isdir(self.scratch):
             raise FileNotFoundError(f"sandbox scratch folder does not exist: {self.scratch}")
         self.limits = limits
         self.extra_ro = tuple(os.path.abspath(os.fspath(p)) for p in extra_ro)
@@ -776,6 +782,8 @@ class Sandbox:
             a += ["--dev-bind", device, device]
         size = ["--size", str(self.limits.tmpfs_bytes())] if "--size" in features else []
         a += [*size, "--tmpfs", "/tmp", *size, "--tmpfs", "/dev/shm"]
+        if "--mqueue" in features:
+            a += ["--mqueue", "/dev/mqueue"]
 
         # path mounts, shallowest first: a deeper one lies on top of a shallower one
         mounts: list[tuple[int, int, str, list[str]]] = []
@@ -783,8 +791,8 @@ class Sandbox:
             mounts.append((_depth(path), 0, path, ["--ro-bind", path, path]))
         for path in self.extra_ro:
             mounts.append((_depth(path), 0, path, ["--ro-bind", path, path]))
-        mounts.append((_depth(self.scratch), 1, self.scratch,
-                       ["--bind", self.scratch, self.scratch]))
+        own = [*size, "--tmpfs", self.scratch] if self.private_scratch else ["--bind", self.scratch, self.scratch]
+        mounts.append((_depth(self.scratch), 1, self.scratch, own))
         remount = []
         for given in self.hide:
             for path in dict.fromkeys((given, os.path.realpath(given))):
@@ -817,7 +825,8 @@ class Sandbox:
         cwd = os.fspath(cwd) if cwd is not None else None
         popen_kwargs.setdefault("stdin", subprocess.DEVNULL)
         popen_kwargs.setdefault("close_fds", True)
-        proc = subprocess.Popen(self.command(argv, cwd=cwd), cwd=self.scratch, **popen_kwargs)
+        where = self.scratch if os.path.isdir(self.scratch) else None
+        proc = subprocess.Popen(self.command(argv, cwd=cwd), cwd=where, **popen_kwargs)
         self._track(proc)
         return proc
 

@@ -23,6 +23,7 @@ import json
 import os
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,23 +44,30 @@ class WarmBroken(RuntimeError):
 
 
 class WarmSandbox:
-    """A sandbox whose zygote forks kernels. ``folder`` holds ``handin/`` (the scratch
-    folder, the only writable one shared with the outside) and ``runtime_root`` (the
-    sandbox's own ``lossgrader`` package, with ``zygote.py``)."""
+    """A sandbox whose zygote forks kernels. ``folder`` holds ``runtime_root`` (the
+    sandbox's own ``lossgrader`` package, with ``zygote.py``) and ``ipc/``, the worker's
+    own folder for the kernels' sockets (the sandbox does not see it); ``scratch`` names
+    the sandbox's working folder, a tmpfs of its own (nothing of it on the host)."""
 
     def __init__(self, key: str, folder: str, runtime_root: str, limits: Limits, *,
                  hide=(), env=None, devices=()):
         self.key, self.folder, self.runtime_root = key, folder, runtime_root
         self.scratch = os.path.join(folder, "handin")
-        os.makedirs(self.scratch, exist_ok=True)
+        self.ipc = os.path.join(folder, "ipc")
+        os.makedirs(self.ipc, mode=0o700, exist_ok=True)
         self.kernel_rlimits = [("RLIMIT_CPU", limits.cpu_seconds, limits.cpu_seconds + 1)]
         own = dataclasses.replace(limits, cpu_seconds=max(limits.cpu_seconds, ZYGOTE_CPU_SECONDS))
         self.sandbox = Sandbox(self.scratch, own, extra_ro=(runtime_root,), hide=hide, env=env,
-                               devices=devices, as_pid_1=True)
+                               devices=devices, as_pid_1=True, private_scratch=True)
         self.broken = False
         self._buf = b""
-        self.proc = self.sandbox.popen([sys.executable, "-m", "lossgrader.zygote"], stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        # the control socket: the zygote's stdin; descriptors travel with its messages
+        self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = self.sandbox.popen([sys.executable, "-m", "lossgrader.zygote"], stdin=theirs.fileno(),
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        finally:
+            theirs.close()
         try:
             hello = self._reply(START_TIMEOUT)
         except WarmBroken as exc:
@@ -68,10 +76,10 @@ class WarmSandbox:
             self.kill()
             raise WarmBroken(f"the zygote did not start: {str(hello.get('why'))[:200]}")
 
-    # -- the control pipe -------------------------------------------------------------
+    # -- the control socket -----------------------------------------------------------
     def _reply(self, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
+        fd = self._control.fileno()
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -80,7 +88,10 @@ class WarmSandbox:
             ready, _, _ = select.select([fd], [], [], left)
             if not ready:
                 continue
-            chunk = os.read(fd, 65536)
+            try:
+                chunk = self._control.recv(65536)
+            except OSError:
+                chunk = b""
             if not chunk or len(self._buf) > MAX_REPLY:
                 self.kill()
                 raise WarmBroken("the zygote exited" if not chunk else "the zygote's answer is too long")
@@ -95,20 +106,28 @@ class WarmSandbox:
             raise WarmBroken("the zygote's answer is not a JSON object")
         return reply
 
-    def request(self, message: dict, timeout: float | None = None) -> dict:
+    def request(self, message: dict, timeout: float | None = None, fds=()) -> dict:
         if self.broken:
             raise WarmBroken("the warm sandbox was thrown away")
+        data = (json.dumps(message) + "\n").encode()
         try:
-            self.proc.stdin.write((json.dumps(message) + "\n").encode())
-            self.proc.stdin.flush()
+            # a small message on a socket only we and the zygote hold: sent at once, or the
+            # zygote is gone; a zygote that stops reading is caught by the reply's deadline
+            self._control.settimeout(REPLY_TIMEOUT)
+            if fds:
+                sent = socket.send_fds(self._control, [data], list(fds))
+                data = data[sent:]
+            self._control.sendall(data)
         except OSError:
             self.kill()
             raise WarmBroken("the zygote exited") from None
         return self._reply(REPLY_TIMEOUT if timeout is None else timeout)
 
     # -- what a kernel session needs ----------------------------------------------------
-    def fork_kernel(self, connection_file: str) -> int:
-        reply = self.request({"op": "fork", "connection_file": connection_file, "rlimits": self.kernel_rlimits})
+    def fork_kernel(self, info: dict, fds) -> int:
+        """Fork a kernel on ``fds`` (its listening sockets and the runtime's socket, in
+        lossgrader.zygote.CHANNELS order, then the runtime's); ``info``: key and ports."""
+        reply = self.request({"op": "fork", "kernel": info, "rlimits": self.kernel_rlimits}, fds=fds)
         if not isinstance(reply.get("pid"), int) or reply["pid"] <= 0:
             self.kill()
             raise WarmBroken(f"the zygote could not fork a kernel: {reply}")
@@ -134,11 +153,10 @@ class WarmSandbox:
             self.sandbox.kill()
         except Exception:
             pass
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                stream.close()
-            except Exception:
-                pass
+        try:
+            self._control.close()
+        except OSError:
+            pass
 
     def remove(self) -> None:
         self.kill()
@@ -158,7 +176,7 @@ STALE_SECONDS = 3600
 
 def _sweep_stale() -> None:
     """Remove the folders of warm sandboxes whose process is gone (killed without atexit)
-    and whose scratch folder has not changed for an hour (a process in another PID
+    and whose socket folder has not changed for an hour (a process in another PID
     namespace sharing this /tmp may look gone: its folder changes with every hand-in)."""
     global _swept
     with _lock:
@@ -171,7 +189,7 @@ def _sweep_stale() -> None:
         if not pid.isdigit() or int(pid) == os.getpid() or os.path.exists(f"/proc/{pid}"):
             continue
         try:
-            changed = max(os.stat(path).st_mtime, os.stat(os.path.join(path, "handin")).st_mtime)
+            changed = max(os.stat(path).st_mtime, os.stat(os.path.join(path, "ipc")).st_mtime)
         except OSError:
             changed = 0.0
         if now - changed > STALE_SECONDS:

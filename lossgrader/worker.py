@@ -7,13 +7,15 @@ what was released, and writes what it returns. For each notebook of the hand-in 
 1. reads it (a file that is not a notebook fails the hand-in with a reason);
 2. normalises it (``lossgrader.normalize``: released metadata, read-only and test cells
    restored) and reads its answer cells for back doors (``lossgrader.backdoors``);
-3. starts a kernel in a fresh sandbox (``lossgrader.sandbox``) whose ``lossgrader`` is the
-   student-side runtime alone, in a scratch folder holding only this hand-in;
+3. starts a kernel in its sandbox (``lossgrader.sandbox``, ``lossgrader.kernel``) whose
+   ``lossgrader`` is the student-side runtime alone, in a scratch folder of the sandbox's
+   own (a size-capped tmpfs: nothing outside reads or writes it);
 4. runs every cell except the test cells there, with outputs capped; a kernel that dies
    is restarted and the cells that ran before are replayed;
 5. grades each test cell itself: the judge generates the cases (visible and hidden),
-   sends their inputs to the kernel's runtime, reads back tensors with
-   ``torch.load(weights_only=True)``, compares, diagnoses and scores, and writes the
+   sends their inputs to the kernel's runtime over the socket the kernel inherited, reads
+   back tensors within the bounds of ``lossgrader.channel`` (``torch.load(weights_only=
+   True)``, then a bounded schema), compares, diagnoses and scores, and writes the
    cell's outputs (score as text, feedback as HTML); nothing the kernel displays counts.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 
 import torch
 
-from . import backdoors, engine, guards
+from . import backdoors, channel, engine, guards
 from .exercises import EXERCISES
 from .judge import CaseResult
 from .normalize import is_test_cell, normalize
@@ -35,9 +37,9 @@ from .results import CaseRecord, HandinResult
 
 DEFAULT_CELL_TIMEOUT = 300
 DEFAULT_TIMEOUT = 900            # seconds for one hand-in, all notebooks and restarts included
-MAX_RESPONSE_BYTES = 64 * 2 ** 20
 MAX_NOTEBOOK_BYTES = 64 * 2 ** 20      # a hand-in's notebook file; larger is refused before parsing
 MAX_RESTARTS = 8
+MAX_OUTPUT_FACTOR = 8       # outputs kept for a whole notebook: this many cells' worth (Limits.max_output_bytes)
 CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([A-Za-z0-9_]+)["']\s*,\s*([A-Za-z_][A-Za-z0-9_]*)""")
 RUNTIME_FILES = ("runtime.py", "guards.py", "zygote.py")
 SANDBOX_INIT = '''"""lossgrader inside the grading sandbox: the student-side runtime only.
@@ -116,7 +118,7 @@ def sandbox_settings(task, scratch, runtime_root) -> dict:
     env = {"PYTHONPATH": runtime_root, "LOSSGRADER_DEVICE": str(device), "MPLBACKEND": "agg",
            "HOME": scratch, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
     return {"limits": Limits(**task.get("limits", {})), "extra_ro": (runtime_root,), "hide": hide, "env": env,
-            "devices": tuple(gpu_devices()) if device.type == "cuda" else ()}
+            "devices": tuple(gpu_devices()) if device.type == "cuda" else (), "private_scratch": True}
 
 
 def _warm_sandbox(task, log):
@@ -150,10 +152,10 @@ def _warm_sandbox(task, log):
 class _Handin:
     """State of one notebook being graded."""
 
-    def __init__(self, task, scratch, runtime_root, log, warm=None):
+    def __init__(self, task, scratch, ipc, runtime_root, log, warm=None):
         from .sandbox import Sandbox
 
-        self.task, self.scratch, self.log = task, scratch, log
+        self.task, self.log = task, log
         self.device = torch.device(task.get("device") or "cpu")
         self.cell_timeout = float(task.get("cell_timeout") or DEFAULT_CELL_TIMEOUT)
         self.deadline = task["deadline"]
@@ -163,7 +165,8 @@ class _Handin:
         def make_sandbox():
             return Sandbox(scratch, enabled=bool(task.get("sandbox", True)), **settings)
         from .kernel import KernelSession
-        self.kernel = KernelSession(make_sandbox, scratch, self.output_cap, warm=warm)
+        self.kernel = KernelSession(make_sandbox, ipc, self.output_cap, warm=warm,
+                                    output_budget=MAX_OUTPUT_FACTOR * self.output_cap)
         self.done = []          # code cells that ran to completion, replayed after a restart
         self.requests = 0
         self.timings = {}       # phase -> seconds: where a hand-in's time goes
@@ -223,39 +226,44 @@ class _Handin:
 
     # ------------------------------------------------------------------ runtime round trip
     def ask(self, request: dict, func_name: str, seconds: float):
-        """Send ``request`` to the runtime in the kernel; the response dict, or None when
-        the kernel gave none (it died, hung or wrote nothing readable)."""
+        """Send ``request`` to the runtime in the kernel; the response dict (checked and
+        copied by lossgrader.channel), or None when the kernel gave none it could read
+        (it died, hung, or sent something malformed or out of bounds)."""
         self.requests += 1
-        req = os.path.join(self.scratch, f"request-{self.requests}.pt")
-        resp = os.path.join(self.scratch, f"response-{self.requests}.pt")
-        torch.save(request, req)
-        code = (f"__import__('lossgrader.runtime').runtime.serve({req!r}, {resp!r}, "
+        seconds = self.seconds_left(seconds)
+        exchange = channel.Exchange(self.kernel.wire, channel.encode(request), time.monotonic() + seconds)
+        code = (f"__import__('lossgrader.runtime').runtime.serve("
                 f"globals().get({func_name!r}), {func_name!r} in globals())")
-        status, _, _ = self.timed("student code in tests", self.kernel.execute, code, self.seconds_left(seconds), True)
+        status, _, _ = self.timed("student code in tests", self.kernel.execute, code, seconds, True)
+        data, why = exchange.result(2.0 if status in ("ok", "error") else 0.0)
         if status in ("dead", "timeout"):
             self.seconds_left(0)
             self.log.append(f"runtime request {self.requests} ({func_name}): kernel {status}")
             if status == "dead" or not self.kernel.alive():
                 self._restart_or_fail()
             return None
-        try:
-            if not os.path.isfile(resp) or os.path.getsize(resp) > MAX_RESPONSE_BYTES:
-                return None
-            response = torch.load(resp, weights_only=True, map_location="cpu")
-        except Exception as exc:
-            self.log.append(f"runtime request {self.requests}: unreadable response ({exc.__class__.__name__})")
+        if data is None:
+            self.log.append(f"runtime request {self.requests} ({func_name}): {why}")
             return None
-        finally:
-            for path in (req, resp):
-                try:
-                    os.remove(path)
-                except OSError:
-                    pass
+        response, why = channel.load(data, request)
+        if why:
+            self.log.append(f"runtime request {self.requests} ({func_name}): response refused: {why}")
         return response if isinstance(response, dict) else None
 
     # ------------------------------------------------------------------ judging a test cell
-    def grade_test_cell(self, cell, points: float, findings: list):
-        """(score, outputs, CaseRecords) of one test cell."""
+    def grade_test_cell(self, cell, points: float, findings):
+        """(score, outputs, CaseRecords) of one test cell.
+
+        ``findings``: the hand-in's back-door scan (a ``backdoors.Scan``, or a list of attack
+        findings). An attack zeroes the cell. Where the signals cannot decide (a review
+        finding this cell's function can reach, or a gap in the runtime's observation) and
+        the judge gave marks, the cell is flagged for a person: its score is 0.0,
+        ``cell.metadata["lossgrader"]["review"]`` = {"reason": English, "auto_score": the
+        judge's score}, and its feedback starts with a Chinese note showing that score."""
+        from nbformat.v4 import new_output
+
+        from . import judge
+
         meta = cell["metadata"]["nbgrader"]
         match = CHECK_CALL.search(cell["source"])
         started = time.perf_counter()
@@ -382,20 +390,19 @@ def grade_handin(task: dict) -> HandinResult:
     try:
         warm = _warm_sandbox(task, log)
         if warm is not None:
-            scratch, runtime_root = warm.scratch, warm.runtime_root
+            scratch, ipc, runtime_root = warm.scratch, warm.ipc, warm.runtime_root
         else:
             parent = tempfile.mkdtemp(prefix="lossgrader-")
-            scratch = os.path.join(parent, "handin")
-            os.makedirs(scratch)
+            scratch, ipc = os.path.join(parent, "handin"), os.path.join(parent, "ipc")
+            os.makedirs(scratch)        # only used as such with --no-sandbox (else a tmpfs inside)
+            os.makedirs(ipc, mode=0o700)
             runtime_root = runtime_package(parent)
         for name in sorted(released):
             nb, reason = read_notebook(name, task["notebooks"].get(name))
             if reason:
                 return HandinResult.failure(student, assignment, reason, max_scores, log="\n".join(log))
             log += normalize(nb, released[name])
-            with open(os.path.join(scratch, name + ".ipynb"), "w", encoding="utf-8") as fh:
-                nbformat.write(nb, fh)
-            handin = _Handin(task, scratch, runtime_root, log, warm=warm if warm and not warm.broken else None)
+            handin = _Handin(task, scratch, ipc, runtime_root, log, warm=warm if warm and not warm.broken else None)
             try:
                 grade_notebook(handin, nb, max_scores, result)
             except HandinTimeout:

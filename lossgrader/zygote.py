@@ -3,17 +3,29 @@ then forks a fresh Jupyter kernel for each hand-in the worker sends to that sand
 
 This file runs INSIDE the sandbox (``python -m lossgrader.zygote``, from the sandbox's
 own ``lossgrader`` package: the worker copies it there with the runtime). It is spoken to
-over its stdin/stdout pipes only, one JSON object per line, by ``lossgrader.warm``:
+over one Unix socket inherited as its stdin, one JSON object per line, by
+``lossgrader.warm``; descriptors travel with a message (``SCM_RIGHTS``):
 
-``{"op": "fork", "connection_file": F, "rlimits": [[name, soft, hard], ...]}``
-    fork a kernel that reads its connection file F; answers ``{"pid": N}``.
+``{"op": "fork", "kernel": INFO, "rlimits": [[name, soft, hard], ...]}`` + descriptors
+    fork a kernel on the descriptors sent with the message (see :func:`launch_kernel`);
+    answers ``{"pid": N}``.
 ``{"op": "alive"}``
     ``{"alive": bool}``: whether the last forked kernel still runs.
 ``{"op": "reset", "wipe": [folder, ...]}``
     kill every other process of the sandbox (the kernel, whatever it started), empty
-    /tmp, /dev/shm and the folders named, and check that nothing of the zygote itself was
-    changed; answers ``{"clean": bool, "why": str}``. Not clean: the worker throws the
-    sandbox away.
+    /tmp, /dev/shm, the POSIX message queues and the folders named, clear the uid's
+    keyrings, and check that nothing of the zygote itself was changed; answers
+    ``{"clean": bool, "why": str}``. Not clean: the worker throws the sandbox away.
+
+``python -m lossgrader.zygote --kernel INFO`` runs one kernel without a zygote (a cold
+sandbox, or ``--no-sandbox``) on descriptors it inherited.
+
+How a kernel is reached: the worker creates the kernel's five listening Unix sockets in
+a folder of its own that the sandbox does not see, and passes the listening descriptors
+in; ipykernel's sockets accept on them (ZeroMQ's ``ZMQ_USE_FD``) instead of binding a
+path. The runtime's requests and responses travel over a socketpair passed the same way.
+So nothing outside ever opens, connects to or waits on a path that sandboxed code could
+create or replace.
 
 Why hand-ins cannot reach one another through it (the worker resets the sandbox between
 two hand-ins, and grades one hand-in at a time in it):
@@ -26,8 +38,12 @@ two hand-ins, and grades one hand-in at a time in it):
 * Processes: a reset SIGKILLs every other process of the namespace (``kill(-1)``, which
   also stops a fork loop) and waits until /proc shows none. Nothing of a hand-in runs
   when the next one starts.
-* Files: /tmp, /dev/shm and the scratch folder (the only writable places) are emptied.
-  SysV IPC objects (which outlive their processes) make the sandbox unclean.
+* Files: /tmp, /dev/shm and the scratch folder (the only writable places, tmpfs mounts of
+  the sandbox's own) are emptied. POSIX message queues (``/dev/mqueue``, the sandbox's own
+  IPC namespace) are removed. SysV IPC objects (which outlive their processes) make the
+  sandbox unclean.
+* Keys: each kernel joins a new session keyring; the reset clears the user and
+  user-session keyrings (shared by every process of the uid) and checks they are empty.
 * The zygote itself: student code runs as the same uid, so the zygote makes itself
   non-dumpable (no ptrace, no /proc/PID/mem, fd or environ of it) and after a reset
   compares what another process of that uid could still change (nice value, scheduling
@@ -46,7 +62,9 @@ import random
 import re
 import resource
 import signal
+import socket
 import sys
+import tempfile
 import time
 
 PR_SET_DUMPABLE = 4
@@ -55,7 +73,14 @@ PRELOAD = ("torch", "torch.nn", "torch.nn.functional", "numpy", "IPython", "ipyk
 SYSVIPC = ("/proc/sysvipc/shm", "/proc/sysvipc/msg", "/proc/sysvipc/sem")
 IOPRIO_GET = {"x86_64": 252, "aarch64": 31}
 SCHED_GETATTR = {"x86_64": 315, "aarch64": 275}    # policy, nice, priority, slice, util clamps
+KEYCTL = {"x86_64": 250, "aarch64": 219}
+KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_CLEAR, KEYCTL_READ = 1, 7, 11
+SHARED_KEYRINGS = {"user": -4, "user-session": -5}      # KEY_SPEC_USER_KEYRING, ..._SESSION_KEYRING
+MQUEUE = "/dev/mqueue"
 MAX_LINE = 1 << 20
+MAX_FDS = 16
+# the kernel's sockets, in the order their listening descriptors travel (then the runtime's)
+CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -93,25 +118,45 @@ def _attributes():
 
 
 class Channel:
-    """Lines over two raw file descriptors (no file objects: a forked kernel closes the
-    descriptors, and a stray file object must not close another one later)."""
+    """JSON lines over the control socket; a message may carry descriptors. Raw socket
+    calls only (a forked kernel closes the socket before anything else runs)."""
 
-    def __init__(self, rfd, wfd):
-        self.rfd, self.wfd, self.buf = rfd, wfd, b""
+    def __init__(self, fd):
+        self.sock = socket.socket(fileno=fd)
+        self.buf, self.fds = b"", []
 
     def read(self):
+        """(message, descriptors sent with it), or (None, []) when the worker is gone."""
         while b"\n" not in self.buf:
-            chunk = os.read(self.rfd, 65536)
+            try:
+                chunk, fds, _, _ = socket.recv_fds(self.sock, 65536, MAX_FDS)
+            except OSError:
+                chunk, fds = b"", []
+            self.fds += fds
             if not chunk or len(self.buf) > MAX_LINE:
-                return None
+                return None, []
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
+        fds, self.fds = self.fds, []
+        try:
+            return json.loads(line), fds
+        except ValueError:
+            return None, []
 
     def write(self, obj):
-        data = (json.dumps(obj) + "\n").encode()
-        while data:
-            data = data[os.write(self.wfd, data):]
+        self.sock.sendall((json.dumps(obj) + "\n").encode())
+
+    def close(self):
+        self.sock.close()
+        for fd in self.fds:
+            _close(fd)
+
+
+def _close(fd):
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _others():
@@ -210,12 +255,58 @@ def _sysvipc_left():
     return None
 
 
-def _become_kernel(channel, connection_file, rlimits, handlers):
+def _keyctl(*args):
+    number = KEYCTL.get(os.uname().machine)
+    return _libc.syscall(number, *args) if number else -1
+
+
+def _keyrings_left():
+    """Clear the keyrings every process of this uid shares (a key added there by one
+    hand-in would be read by the next); the name of one that is not empty after it."""
+    for name, keyring in SHARED_KEYRINGS.items():
+        _keyctl(KEYCTL_CLEAR, ctypes.c_long(keyring))
+        left = _keyctl(KEYCTL_READ, ctypes.c_long(keyring), None, ctypes.c_long(0))
+        if left > 0:
+            return name
+    return None
+
+
+def launch_kernel(info, fds):
+    """Run ipykernel (never returns). ``fds`` maps each of CHANNELS to a listening Unix
+    socket the worker created, and "runtime" to the socket the runtime's requests come
+    in on; ``info`` holds the session key, signature scheme and the channels' ports."""
+    import zmq
+
+    prefix = info.get("ip") or "/kernel"
+    bound = {f"ipc://{prefix}-{int(info[name + '_port'])}": int(fds[name]) for name in CHANNELS}
+    bind = zmq.Socket.bind
+
+    def bind_inherited(sock, addr):
+        fd = bound.pop(addr, None)
+        if fd is not None:           # accept on the worker's listener, create no path
+            sock.setsockopt(zmq.USE_FD, fd)
+        return bind(sock, addr)
+    zmq.Socket.bind = bind_inherited
+    os.environ["LOSSGRADER_CHANNEL_FD"] = str(int(fds["runtime"]))
+    connection = {k: info[k] for k in ("key", "signature_scheme", *(c + "_port" for c in CHANNELS))}
+    connection.update(transport="ipc", ip=prefix, kernel_name="python3")
+    handle, path = tempfile.mkstemp(prefix="lossgrader-kernel-", suffix=".json")
+    with os.fdopen(handle, "w") as fh:
+        json.dump(connection, fh)
+    # as `python -m ipykernel_launcher -f FILE` would have it (some libraries look)
+    import importlib.util
+    spec = importlib.util.find_spec("ipykernel_launcher")
+    sys.argv = [spec.origin if spec and spec.origin else sys.argv[0], "-f", path]
+    from ipykernel import kernelapp
+    kernelapp.launch_new_instance(argv=["-f", path])
+
+
+def _become_kernel(channel, info, fds, rlimits, handlers):
     """In the forked child: drop what belongs to the zygote, then run ipykernel."""
     try:
-        os.close(channel.rfd)
-        os.close(channel.wfd)
+        channel.close()
         os.setsid()
+        _keyctl(KEYCTL_JOIN_SESSION_KEYRING, None)     # a session keyring of its own
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         for name, soft, hard in rlimits:
@@ -228,12 +319,7 @@ def _become_kernel(channel, connection_file, rlimits, handlers):
         random.seed()
         if "numpy" in sys.modules:
             sys.modules["numpy"].random.seed()
-        # as `python -m ipykernel_launcher -f FILE` would have it (some libraries look)
-        import importlib.util
-        spec = importlib.util.find_spec("ipykernel_launcher")
-        sys.argv = [spec.origin if spec and spec.origin else sys.argv[0], "-f", connection_file]
-        from ipykernel import kernelapp
-        kernelapp.launch_new_instance(argv=["-f", connection_file])
+        launch_kernel(info, fds)
     finally:
         os._exit(0)
 
@@ -245,15 +331,19 @@ def _confined():
 
 
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--kernel":     # one kernel, no zygote
+        info = json.loads(sys.argv[2])
+        launch_kernel(info, info["fds"])
+        return
     if not _confined():
         sys.stderr.write("lossgrader.zygote runs only inside a lossgrader sandbox\n")
         sys.exit(2)
-    rfd, wfd = os.dup(0), os.dup(1)
+    control = os.dup(0)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    channel = Channel(rfd, wfd)
+    channel = Channel(control)
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     handlers = {}
     for sig in _catchable():
@@ -275,15 +365,18 @@ def main():
     channel.write({"ready": True})
     kernel = None
     while True:
-        msg = channel.read()
-        if msg is None:
+        msg, fds = channel.read()
+        if not isinstance(msg, dict):
             _kill_all(2.0)
             os._exit(0)
         op = msg.get("op")
-        if op == "fork":
+        if op == "fork" and len(fds) == len(CHANNELS) + 1:
             kernel = os.fork()
             if kernel == 0:
-                _become_kernel(channel, msg["connection_file"], msg.get("rlimits", []), handlers)
+                _become_kernel(channel, msg.get("kernel") or {}, dict(zip((*CHANNELS, "runtime"), fds)),
+                               msg.get("rlimits", []), handlers)
+            for fd in fds:
+                _close(fd)
             channel.write({"pid": kernel})
         elif op == "alive":
             alive = False
@@ -297,19 +390,24 @@ def main():
             kernel = None
             why = "" if _kill_all() else "processes left after SIGKILL"
             keep = _mount_points()
-            for folder in ("/tmp", "/dev/shm", *msg.get("wipe", ())):
+            queues = (MQUEUE,) if os.path.isdir(MQUEUE) else ()
+            for folder in ("/tmp", "/dev/shm", *queues, *msg.get("wipe", ())):
                 left = _empty(folder, keep)
                 if left and not why:
                     why = f"{left[0]} could not be removed"
             left = _sysvipc_left()
             if left and not why:
                 why = f"SysV IPC objects left ({left})"
+            left = _keyrings_left()
+            if left and not why:
+                why = f"keys left in the {left} keyring"
             if _attributes() != baseline and not why:
                 why = "the zygote's scheduling or limits were changed"
             channel.write({"clean": not why, "why": why})
         else:
+            for fd in fds:
+                _close(fd)
             channel.write({"error": f"unknown op {op!r}"})
-
 
 if __name__ == "__main__":
     main()

@@ -256,16 +256,16 @@ def test_a_warm_sandbox_lost_mid_hand_in_leaves_it_to_a_cold_one(tmp_path, monke
     real = warm.WarmSandbox.fork_kernel
     lost = []
 
-    def lose_once(self, connection_file):
+    def lose_once(self, *args, **kwargs):
         if not lost:
             lost.append(self.folder)
             self.kill()
             raise warm.WarmBroken("the zygote exited (test)")
-        return real(self, connection_file)
+        return real(self, *args, **kwargs)
     monkeypatch.setattr(warm.WarmSandbox, "fork_kernel", lose_once)
     root = _course(str(tmp_path), {"a": [PROBE], "b": [PROBE]})
     graded = _grade(root)
-    assert [r["score"] for r in graded.values()] == [6.0, 6.0]
+    assert [r["score"] for r in graded.values()] == [6.0, 6.0], graded
     first, second = (json.loads(_printed(root, s, "PROBE"))["home"] for s in ("a", "b"))
     assert first.startswith(lost[0])                    # the cold sandbox used the same scratch folder
     assert warm.PREFIX in second and not second.startswith(lost[0])
@@ -274,7 +274,7 @@ def test_a_warm_sandbox_lost_mid_hand_in_leaves_it_to_a_cold_one(tmp_path, monke
 
 def test_only_stale_folders_of_dead_processes_are_swept(tmp_path, monkeypatch):
     """A folder left by a killed grader is removed at the next start; a live one (its
-    process is alive, or its scratch folder changed within the hour) is not."""
+    process is alive, or its socket folder changed within the hour) is not."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(warm, "_swept", False)
     dead = 2 ** 22 + 12345           # above the usual pid_max: no such process
@@ -284,9 +284,9 @@ def test_only_stale_folders_of_dead_processes_are_swept(tmp_path, monkeypatch):
     recent = tmp_path / f"{warm.PREFIX}{dead}-recent"
     alive = tmp_path / f"{warm.PREFIX}{os.getppid()}-alive"
     for folder in (old, recent, alive):
-        (folder / "handin").mkdir(parents=True)
+        (folder / "ipc").mkdir(parents=True)
     hour_ago = time.time() - 2 * warm.STALE_SECONDS
-    for path in (old, old / "handin", alive, alive / "handin"):
+    for path in (old, old / "ipc", alive, alive / "ipc"):
         os.utime(path, (hour_ago, hour_ago))
     warm._sweep_stale()
     assert not old.exists() and recent.exists() and alive.exists()
