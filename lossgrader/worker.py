@@ -273,31 +273,49 @@ class _Handin:
         ex = EXERCISES[match.group(1)]
         func_name = match.group(2)
         cases, expectations = ex.cases(None, hidden=True)
-        if findings:
-            text = "；".join(f.message() for f in findings[:5])
+        scan = findings if isinstance(findings, backdoors.Scan) else None
+        attacks = scan.attacks if scan is not None else list(findings or ())
+        reasons_en, reasons_zh = [], []
+        if attacks:
+            text = "；".join(f.message() for f in attacks[:5])
             message = (f"评分时发现你的代码使用了不允许的接口：{text}。损失函数的实现用不到它们，"
                        "而它们可以绕过评分规则，因此本笔记本的所有测试记 0 分。")
             results = [CaseResult(c.name, c.describe_inputs(), "forbidden", message) for c in cases[:1]]
             results += [CaseResult(c.name, c.describe_inputs(), "skipped", "使用了不允许的接口。") for c in cases[1:]]
             report = engine.report_for(ex, results, guards.Captured(), self.device, points, True, started)
         else:
-            report = self._judge(ex, func_name, cases, expectations, points, started)
-        outputs = [_report_output(report, cell.get("execution_count"))]
+            report, gaps = self._judge(ex, func_name, cases, expectations, points, started)
+            if report.score > 0 and not any(r.status == "forbidden" for r in report.results):
+                touching = scan.touching(func_name) if scan is not None else []
+                reasons_en = [f.reason() for f in touching[:10]] + [judge.GAP_REASONS[g] for g in gaps]
+                reasons_zh = [f.message() for f in touching[:10]] + [judge.GAP_ZH[g] for g in gaps]
+        score, html = report.score, report._repr_html_()
+        if reasons_en:
+            review = {"reason": ("; ".join(reasons_en))[:2000], "auto_score": float(report.score)}
+            cell.setdefault("metadata", {}).setdefault("lossgrader", {})["review"] = review
+            self.log.append(f"test cell {meta['grade_id']} flagged for manual grading "
+                            f"(automatic score {report.score:g}): {review['reason']}")
+            score, html = 0.0, judge.review_note(reasons_zh, report.score, points) + html
+        outputs = [new_output("execute_result", data={"text/plain": repr(float(score)), "text/html": html},
+                              execution_count=cell.get("execution_count"))]
         records = [CaseRecord(meta["grade_id"], ex.id, r.name, r.status, r.message, r.hint) for r in report.results]
-        return report.score, outputs, records
+        return score, outputs, records
 
     def _judge(self, ex, func_name, cases, expectations, points, started):
+        """(Report, the runtime's observation gaps: judge.observation_gaps)."""
+        from . import judge
+
         request = ex.request(cases, self.device, hidden=True)
         response = self.ask(request, func_name, request["time_limit"] + 30.0)
         problem = _validate_described(ex, func_name, response.get("solution")) if response else None
         if problem is not None:
             results = [CaseResult("提交的对象", "", "notimpl", problem)]
-            return engine.report_for(ex, results, guards.Captured(), self.device, points, True, started)
+            return engine.report_for(ex, results, guards.Captured(), self.device, points, True, started), []
         if response is None:
             message = ("评分时没有得到你的代码的运行结果：内核在运行这个练习时退出、超时或没有写出结果"
                        "（例如死循环、超出内存限制、调用了 os._exit()）。")
             results = [CaseResult(c.name, c.describe_inputs(), "error", message) for c in cases]
-            return engine.report_for(ex, results, guards.Captured(), self.device, points, True, started)
+            return engine.report_for(ex, results, guards.Captured(), self.device, points, True, started), []
         captured = _captured(response.get("captured"))
         responses = response.get("cases") if isinstance(response.get("cases"), list) else []
 
@@ -306,7 +324,8 @@ class _Handin:
                                "time_limit": seconds}, func_name, seconds + 30.0)
             ys = answer.get("ys") if answer else None
             return [float(y) for y in ys] if isinstance(ys, list) and all(isinstance(y, float) for y in ys) else []
-        return engine.grade(ex, cases, expectations, responses, captured, self.device, points, True, started, probe)
+        report = engine.grade(ex, cases, expectations, responses, captured, self.device, points, True, started, probe)
+        return report, judge.observation_gaps(responses)
 
 
 def _validate_described(ex, func_name, described):
@@ -347,20 +366,33 @@ def _student_cell(cell) -> bool:
 
 
 def grade_notebook(handin: _Handin, nb, points: dict, result: HandinResult) -> None:
-    findings = backdoors.scan_notebook(nb, _student_cell)
-    for f in findings:
+    # every code cell but the test cells, read-only ones too where their source is not the released one
+    released_cells = [c for r in (handin.task.get("released") or {}).values() if isinstance(r, dict)
+                      for c in r.get("cells", ())]
+    scan = backdoors.scan_handin(nb, released_cells, is_test_cell)
+    for f in scan.attacks:
         handin.log.append(f"back door in cell {f.cell + 1} line {f.line}: {f.what}")
+    for f in scan.reviews:
+        handin.log.append(f"for a person (flags the test cells it touches): {f.reason()}")
     handin.start()
+    # before any cell of the hand-in: the kernel's own threads are noted, every later one is followed
+    # (lossgrader.guards.kernel_started); replayed first after a restart
+    kernel_started = "__import__('lossgrader.runtime'); __import__('lossgrader.guards').guards.kernel_started()"
+    handin.kernel.execute(kernel_started, handin.seconds_left(handin.cell_timeout), True)
+    handin.done.insert(0, (-1, kernel_started))
     for index, cell in enumerate(nb.cells):
         if cell.get("cell_type") != "code":
             continue
         meta = cell.get("metadata", {}).get("nbgrader") or {}
         if is_test_cell(meta):
             score, outputs, records = handin.timed("test cells", handin.grade_test_cell, cell,
-                                                   points.get(meta["grade_id"], 0.0), findings)
+                                                   points.get(meta["grade_id"], 0.0), scan)
             cell["outputs"] = outputs
             if score is not None:
                 result.scores[meta["grade_id"]] = score
+            review = cell.get("metadata", {}).get("lossgrader", {}).get("review")
+            if score is not None and isinstance(review, dict):
+                result.review[meta["grade_id"]] = dict(review)
             result.cases.extend(records)
         else:
             handin.timed("answer cells", handin.run_cell, index, cell)
