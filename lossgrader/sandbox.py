@@ -1,8 +1,8 @@
 """The per-hand-in sandbox: student code runs under bubblewrap (``bwrap``).
 
-One :class:`Sandbox` per hand-in. Everything started through it (a plain command with
-:meth:`Sandbox.popen` / :meth:`Sandbox.run`, or a Jupyter kernel with
-:class:`SandboxedKernelManager`) runs
+One :class:`Sandbox` per hand-in (or per warm zygote). Everything started through it (a
+command with :meth:`Sandbox.popen` / :meth:`Sandbox.run`; ``lossgrader.kernel`` starts the
+hand-in's kernel so, handing it its sockets as inherited descriptors) runs
 
 * as uid/gid 1000 in its own user namespace, with no capabilities and no way to create
   further user namespaces (``--disable-userns`` where bwrap has it);
@@ -82,13 +82,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from . import privileges
+
 __all__ = [
     "Limits",
     "Sandbox",
     "SandboxRun",
     "SandboxTimeout",
-    "SandboxedKernelManager",
-    "AsyncSandboxedKernelManager",
     "bwrap_problem",
     "SANDBOX_UID",
 ]
@@ -169,7 +169,7 @@ def bwrap_problem() -> str | None:
         )
     scratch = tempfile.mkdtemp(prefix="lossgrader-bwrap-probe-")
     try:
-        probe = Sandbox(scratch, _use_cgroups=False)
+        probe = Sandbox(scratch, _use_cgroups=False, private_scratch=True)   # as hand-ins are graded
         argv = probe._bwrap_argv(["true"], cwd=None)
         try:
             out = subprocess.run(
@@ -713,7 +713,9 @@ class Sandbox:
         with self._lock:
             if not self._cgroup_tried:
                 self._cgroup_tried = True
-                self._cgroup = _Cgroup.create(self.limits) if self._use_cgroups else None
+                if self._use_cgroups:
+                    with privileges.as_root():       # a grading thread's own writes are not root's
+                        self._cgroup = _Cgroup.create(self.limits)
             return self._cgroup
 
     def _rlimits(self, cgroup: _Cgroup | None) -> list[tuple[str, int, int]]:
@@ -914,7 +916,8 @@ class Sandbox:
                 if not self.enabled:
                     self._kill_descendants(proc.pid)
         if cgroup is not None:
-            cgroup.kill_all()
+            with privileges.as_root():
+                cgroup.kill_all()
         for proc in procs:
             try:
                 proc.wait(timeout=10)
@@ -923,7 +926,8 @@ class Sandbox:
         if cgroup is not None:
             final = cgroup.usage()
             final["processes"] = 0
-            cgroup.remove()
+            with privileges.as_root():
+                cgroup.remove()
             with self._lock:
                 self._final_usage = final
                 self._cgroup, self._cgroup_tried = None, False
@@ -992,71 +996,3 @@ class Sandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
-
-
-# --------------------------------------------------------------------------------------
-# A Jupyter kernel inside the sandbox
-
-try:
-    from jupyter_client import AsyncKernelManager, KernelManager
-except ImportError:  # jupyter_client is needed only for kernels
-    KernelManager = AsyncKernelManager = None  # type: ignore[assignment,misc]
-
-
-if KernelManager is not None:
-
-    class _SandboxedKernelMixin:
-        """Wraps the kernel command with :meth:`Sandbox.command`.
-
-        Defaults: transport ``ipc``, sockets ``<scratch>/kernel-<port>``, connection file
-        ``<scratch>/kernel.json``. Interrupts go as messages (a SIGINT to bwrap would end
-        the sandbox). The kernel spec's ``env`` and ``start_kernel(env=...)`` do not reach
-        inside: use ``Sandbox(env=...)``.
-        """
-
-        def __init__(self, sandbox: Sandbox, **kwargs: Any):
-            kwargs.setdefault("transport", "ipc")
-            if kwargs["transport"] == "ipc":
-                kwargs.setdefault("ip", os.path.join(sandbox.scratch, "kernel"))
-            kwargs.setdefault("connection_file", os.path.join(sandbox.scratch, "kernel.json"))
-            if sandbox.enabled:
-                if kwargs["transport"] != "ipc":
-                    raise ValueError("a sandboxed kernel has no network: use transport='ipc'")
-                for key in ("ip", "connection_file"):
-                    path = os.path.abspath(kwargs[key])
-                    if not _inside(os.path.dirname(path), sandbox.scratch):
-                        raise ValueError(f"{key} must lie in the scratch folder "
-                                         f"{sandbox.scratch} (both sides see it): {path}")
-                    kwargs[key] = path
-            super().__init__(**kwargs)
-            self.sandbox = sandbox
-
-        @property
-        def kernel_spec(self):  # type: ignore[override]
-            spec = super().kernel_spec
-            if spec is not None and self.sandbox.enabled:
-                spec.interrupt_mode = "message"
-            return spec
-
-        def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
-            cmd = super().format_kernel_cmd(extra_arguments)
-            cwd = (self._launch_args or {}).get("cwd")
-            return self.sandbox.command(cmd, cwd=os.fspath(cwd) if cwd else None)
-
-        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
-            await super()._async_launch_kernel(kernel_cmd, **kw)
-            process = getattr(self.provisioner, "process", None)
-            if process is not None:
-                self.sandbox._track(process)
-
-    class SandboxedKernelManager(_SandboxedKernelMixin, KernelManager):
-        """A ``jupyter_client.KernelManager`` whose kernel runs inside ``sandbox``::
-
-            km = SandboxedKernelManager(sandbox=sb, transport="ipc",
-                                        ip=os.path.join(scratch, "kernel"),
-                                        connection_file=os.path.join(scratch, "kernel.json"))
-            km.start_kernel(cwd=scratch)
-        """
-
-    class AsyncSandboxedKernelManager(_SandboxedKernelMixin, AsyncKernelManager):
-        """The asyncio flavour of :class:`SandboxedKernelManager` (what nbclient uses)."""

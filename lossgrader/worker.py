@@ -24,12 +24,13 @@ import json
 import os
 import re
 import shutil
+from html import escape as html_escape
 import tempfile
 import time
 
 import torch
 
-from . import backdoors, channel, engine, guards
+from . import backdoors, channel, engine, guards, privileges
 from .exercises import EXERCISES
 from .judge import CaseResult
 from .normalize import is_test_cell, normalize
@@ -96,7 +97,9 @@ def read_notebook(name: str, text):
 
 
 def runtime_package(parent: str) -> str:
-    """A folder holding the sandbox's ``lossgrader`` package (runtime and guards only)."""
+    """A folder holding the sandbox's ``lossgrader`` package (runtime and guards only),
+    readable by the sandbox's user whoever created it (lossgrader.privileges)."""
+    os.chmod(parent, 0o755)
     root = os.path.join(parent, "runtime")
     pkg = os.path.join(root, "lossgrader")
     os.makedirs(pkg)
@@ -289,6 +292,12 @@ class _Handin:
                 touching = scan.touching(func_name) if scan is not None else []
                 reasons_en = [f.reason() for f in touching[:10]] + [judge.GAP_REASONS[g] for g in gaps]
                 reasons_zh = [f.message() for f in touching[:10]] + [judge.GAP_ZH[g] for g in gaps]
+                # the answer's source names what the exercise forbids, the process reported no call
+                for rule, path in _named_forbidden(ex, scan, func_name):
+                    reasons_en.append(f"the answer names {path}, which {ex.id} forbids ({rule.name}), "
+                                      "but its process reported no call to it")
+                    reasons_zh.append(f"你的代码里写了 <code>{html_escape(path)}</code>（本练习不允许调用 "
+                                      f"{html_escape(rule.name)}），但评分时没有观察到对它的调用")
         score, html = report.score, report._repr_html_()
         if reasons_en:
             review = {"reason": ("; ".join(reasons_en))[:2000], "auto_score": float(report.score)}
@@ -326,6 +335,15 @@ class _Handin:
             return [float(y) for y in ys] if isinstance(ys, list) and all(isinstance(y, float) for y in ys) else []
         report = engine.grade(ex, cases, expectations, responses, captured, self.device, points, True, started, probe)
         return report, judge.observation_gaps(responses)
+
+
+def _named_forbidden(ex, scan, func_name) -> list:
+    """(rule, path) for each library path the code reachable from ``func_name`` names that a
+    forbidden rule of ``ex`` covers (read outside the sandbox, before the code ran)."""
+    if scan is None:
+        return []
+    paths = sorted(scan.library_paths(func_name))
+    return [(rule, path) for rule in getattr(ex, "forbidden", ()) for path in paths if rule.named_by(path)][:5]
 
 
 def _validate_described(ex, func_name, described):
@@ -406,7 +424,15 @@ def grade_handin(task: dict) -> HandinResult:
     ``task``: student, assignment, notebooks {name: file text or None}, released {name:
     released notebook (see lossgrader.gradebook.released)}, and options: sandbox (bool),
     limits (lossgrader.sandbox.Limits fields), cell_timeout, timeout, device, hide (paths
-    the sandbox must not show: the course folder)."""
+    the sandbox must not show: the course folder).
+
+    Run as root, the thread's own file operations run as an unprivileged user meanwhile
+    (lossgrader.privileges): only starting sandboxes keeps root."""
+    with privileges.dropped():
+        return _grade_handin(task)
+
+
+def _grade_handin(task: dict) -> HandinResult:
     import nbformat
 
     started = time.monotonic()

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from lossgrader import sandbox as sbx
-from lossgrader.sandbox import Limits, Sandbox, SandboxedKernelManager, bwrap_problem
+from lossgrader.sandbox import Limits, Sandbox, bwrap_problem
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "lossgrader"
@@ -509,62 +509,62 @@ def test_cgroup_discovery_reads_mountinfo(tmp_path):
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    scratch = tmp_path_factory.mktemp("kernel-scratch")
-    # the repository visible read-only, the grader package inside it hidden
-    sb = Sandbox(str(scratch), extra_ro=(str(REPO),), hide=(str(PACKAGE),))
-    km = SandboxedKernelManager(sandbox=sb, transport="ipc", ip=str(scratch / "kernel"),
-                                connection_file=str(scratch / "kernel.json"))
+    """A cold kernel as the grader starts one (lossgrader.kernel.KernelSession): the
+    repository visible read-only with the genuine grader package inside it hidden."""
+    from lossgrader.kernel import KernelSession
+    from lossgrader.worker import runtime_package
+
+    scratch = str(tmp_path_factory.mktemp("kernel") / "scratch")
+    ipc = str(tmp_path_factory.mktemp("kernel-ipc"))
+    runtime = runtime_package(str(tmp_path_factory.mktemp("kernel-runtime")))
+
+    def make_sandbox():
+        return Sandbox(scratch, extra_ro=(str(REPO), runtime), hide=(str(PACKAGE),),
+                       env={"PYTHONPATH": runtime}, private_scratch=True)
+    session = KernelSession(make_sandbox, ipc, 1 << 20)
     start = time.monotonic()
-    km.start_kernel(cwd=str(scratch), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kc = km.client()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=60)
+    session.start(timeout=60)
     started = time.monotonic() - start
-    yield sb, km, kc, started
-    kc.stop_channels()
-    sb.kill()
-    km.cleanup_resources()
+    yield session, started
+    session.shutdown()
 
 
-def execute(kc, code: str, timeout: float = 60) -> tuple[str, str]:
-    """Run code in the kernel: (status, text of the result or error)."""
-    out: list[str] = []
-
-    def hook(msg):
-        content = msg["content"]
-        if msg["msg_type"] in ("execute_result", "display_data"):
-            out.append(content["data"].get("text/plain", ""))
-        elif msg["msg_type"] == "stream":
-            out.append(content["text"])
-        elif msg["msg_type"] == "error":
-            out.append(content["ename"])
-
-    reply = kc.execute_interactive(code, timeout=timeout, output_hook=hook)
-    return reply["content"]["status"], "".join(out)
+def execute(session, code: str, timeout: float = 60) -> tuple[str, str]:
+    """Run code in the kernel: (status, text of its results, streams and error names)."""
+    status, outputs, _ = session.execute(code, timeout)
+    out = []
+    for o in outputs:
+        if o["output_type"] in ("execute_result", "display_data"):
+            out.append(o["data"].get("text/plain", ""))
+        elif o["output_type"] == "stream":
+            out.append(o["text"])
+        elif o["output_type"] == "error":
+            out.append(o["ename"])
+    return status, "".join(out)
 
 
 @pytest.mark.timeout(120)
 def test_kernel_runs_torch_inside_the_sandbox(kernel):
-    sb, km, kc, started = kernel
+    session, started = kernel
     assert started < 60
-    status, text = execute(kc, "import torch, os\nprint(os.getuid())\n1 + 1")
+    status, text = execute(session, "import torch, os\nprint(os.getuid())\n1 + 1")
     assert status == "ok" and text.split() == [str(sbx.SANDBOX_UID), "2"], text
     # the genuine grader (an editable install inside the repository) is hidden
-    status, text = execute(kc, "import os, sys\nsys.path.insert(0, %r)\n"
-                               "import lossgrader.references" % str(REPO))
+    status, text = execute(session, "import os, sys\nsys.path.insert(0, %r)\n"
+                                    "import lossgrader.references" % str(REPO))
     assert (status, text) == ("error", "ModuleNotFoundError")
 
 
 @pytest.mark.timeout(120)
 def test_kernel_interrupt_and_kill(kernel):
-    sb, km, kc, _ = kernel
-    timer = threading.Timer(1.0, km.interrupt_kernel)
+    session, _ = kernel
+    timer = threading.Timer(1.0, session.interrupt)
     timer.start()
-    status, text = execute(kc, "while True: pass", timeout=30)
+    status, text = execute(session, "while True: pass", timeout=30)
     assert (status, text) == ("error", "KeyboardInterrupt")
-    assert execute(kc, "21 * 2") == ("ok", "42")
-    sb.kill()
+    assert execute(session, "21 * 2") == ("ok", "42")
+    session.sandbox.kill()
     deadline = time.monotonic() + 10
-    while km.is_alive() and time.monotonic() < deadline:
+    while session.alive() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not km.is_alive()
+    assert not session.alive()
