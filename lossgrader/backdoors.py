@@ -44,6 +44,8 @@ THREADS = Category("在其他线程或进程中运行代码（评分器看不到
                    "code run on other threads or processes, where the grader's spies do not see")
 PATCHING = Category("改写 PyTorch 或 Python 内置对象的属性（猴子补丁）",
                     "an attribute of torch or of the builtins written (monkeypatching)")
+CHANNEL = Category("文件描述符级别的读写（评分器与内核之间的通道）",
+                   "raw file-descriptor I/O (the channel between the grader and the kernel)")
 # not clearly an attack: a person decides
 NAMESPACE = Category("命名空间内省（globals()、locals()、vars()）",
                      "namespace introspection (globals(), locals(), vars())", True)
@@ -55,6 +57,8 @@ TORCHSCRIPT = Category("TorchScript / torch.compile（评分器看不到其中�
                        "TorchScript or torch.compile, whose calls the grader's spies do not see", True)
 GRAPH_NODES = Category("直接调用自动求导图的节点", "autograd graph nodes called directly (grad_fn)", True)
 LIBRARY_WRITE = Category("改写其他库的属性", "an attribute of another library written", True)
+OPEN_COMPUTED = Category("open() 打开的不是写明的文件名（可能是文件描述符）",
+                         "open() of a computed name (a descriptor number is one)", True)
 
 ATTRIBUTES = {
     "_C": PRIVATE_TORCH, "ops": PRIVATE_TORCH, "_python_dispatch": PRIVATE_TORCH,
@@ -94,6 +98,8 @@ STRING_PARTS = {name: why for name, why in ATTRIBUTES.items()
                     "DisableTorchFunction", "DisableTorchFunctionSubclass", "get_objects", "get_referrers",
                     "get_referents", "f_back", "f_locals", "f_globals", "tb_frame"))}
 STRING_PARTS["aten"] = PRIVATE_TORCH
+STRING_PARTS["LOSSGRADER_CHANNEL_FD"] = CHANNEL
+CHANNEL_PATHS = ("/proc/self/fd", "/proc/thread-self/fd", "/dev/fd")
 # `from lossgrader import check` (as the setup cell does) is fine; anything else of the grader is not
 GRADER_PUBLIC = {"check"}
 # dotted paths (modules, and names in them); the longest listed prefix decides (None: allowed)
@@ -118,6 +124,11 @@ MODULES = {
     "torch.autograd.graph": PRIVATE_TORCH,
     "torch.utils.cpp_extension": SYSTEM, "cffi": SYSTEM,
     "torch.jit": TORCHSCRIPT, "torch.compile": TORCHSCRIPT, "torch.fx": TORCHSCRIPT, "torch.export": TORCHSCRIPT,
+    # the runtime's requests and responses travel over a descriptor the kernel inherited
+    **{f"os.{name}": CHANNEL for name in ("write", "writev", "pwrite", "pwritev", "sendfile", "read", "readv",
+                                          "pread", "preadv", "fdopen", "dup", "dup2", "open", "pipe", "pipe2",
+                                          "set_inheritable", "set_blocking", "splice", "copy_file_range")},
+    "io.FileIO": CHANNEL, "io.open": CHANNEL, "_io": CHANNEL,
 }
 # names a cell may use without importing them (the setup cell binds them)
 DEFAULT_BINDINGS = {"torch": "torch", "F": "torch.nn.functional", "nn": "torch.nn", "lossgrader": "lossgrader",
@@ -312,6 +323,8 @@ class _Scanner:
             hit = next((p for p in parts if p in STRING_PARTS), None)
             if hit is not None:
                 self.add(node, repr(node.value), STRING_PARTS[hit])
+            elif any(path in node.value for path in CHANNEL_PATHS):
+                self.add(node, repr(node.value), CHANNEL)
 
     def call(self, node):
         func = node.func
@@ -341,6 +354,12 @@ class _Scanner:
                 self.add(node, f"{ast.unparse(func)}(…)", PATCHING)
             else:
                 self.add(node, f"{ast.unparse(func)}(…)", CLASS_WRITE)
+        elif isinstance(func, ast.Name) and name == "open" and node.args \
+                and not isinstance(node.args[0], (ast.Constant, ast.JoinedStr, ast.BinOp)):
+            self.add(node, f"open({ast.unparse(node.args[0])}, …)", OPEN_COMPUTED)
+        elif isinstance(func, ast.Name) and name == "open" and node.args and isinstance(node.args[0], ast.Constant) \
+                and not isinstance(node.args[0].value, str):
+            self.add(node, f"open({node.args[0].value!r}, …)", CHANNEL)      # open(3, "wb"): a descriptor
         elif isinstance(func, ast.Name) and name == "vars" and node.args \
                 and _library_path(node.args[0], self.bound) is not None:
             self.add(node, f"vars({ast.unparse(node.args[0])})", INTROSPECTION)
@@ -416,28 +435,38 @@ def scan_notebook(nb, student_cell) -> list:
     return findings
 
 
-def _references(tree) -> dict:
-    """{top-level name: names its definition refers to} for one cell."""
-    graph = {}
+def _references(tree, bound) -> tuple:
+    """({top-level name: names its definition refers to}, {top-level name: the library paths
+    it names, e.g. "torch.nn.functional.mse_loss"}) for one cell."""
+    graph, paths = {}, {}
     for statement in tree.body:
         names = _statement_scope(statement)
         if not names:
             continue
         used = {n.id for n in ast.walk(statement) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
         used |= {n.attr for n in ast.walk(statement) if isinstance(n, ast.Attribute)}   # self.helper(...)
+        libs = {_library_path(n, bound) for n in ast.walk(statement) if isinstance(n, (ast.Name, ast.Attribute))}
+        libs.discard(None)
         for name in names:
             graph.setdefault(name, set()).update(used)
-    return graph
+            paths.setdefault(name, set()).update(libs)
+    return graph, paths
 
 
 class Scan:
     """What the back-door scan found in one hand-in's notebook: ``attacks`` (each zeroes
     the notebook) and ``reviews`` (each flags the test cells it touches for a person)."""
 
-    def __init__(self, findings: list, graph: dict):
+    def __init__(self, findings: list, graph: dict, paths: Optional[dict] = None):
         self.attacks = [f for f in findings if not f.review]
         self.reviews = [f for f in findings if f.review]
         self.graph = graph
+        self.paths = paths or {}
+
+    def library_paths(self, func_name: str) -> set:
+        """The library paths the code ``func_name`` can reach names (its definition and
+        every top-level name it uses): what the answer's source says it calls."""
+        return set().union(*(self.paths.get(name, ()) for name in self.reachable(func_name)))
 
     def reachable(self, name: str) -> set:
         seen, todo = set(), [name]
@@ -466,7 +495,7 @@ def scan_handin(nb, released_cells=(), is_test_cell=None) -> Scan:
     released = {c["name"]: c.get("source") for c in released_cells if isinstance(c, dict) and "name" in c}
     code = [(i, cell) for i, cell in enumerate(nb.cells) if cell.get("cell_type") == "code"]
     bound = import_bindings(_source(cell) for _, cell in code)
-    findings, graph = [], {}
+    findings, graph, paths = [], {}, {}
     for i, cell in code:
         meta = cell.get("metadata", {}).get("nbgrader")
         meta = meta if isinstance(meta, dict) else {}
@@ -480,6 +509,9 @@ def scan_handin(nb, released_cells=(), is_test_cell=None) -> Scan:
         except (SyntaxError, ValueError):
             continue
         findings += _Scanner(i, bound).scan(tree)
-        for name, used in _references(tree).items():
+        cell_graph, cell_paths = _references(tree, bound)
+        for name, used in cell_graph.items():
             graph.setdefault(name, set()).update(used)
-    return Scan(findings, graph)
+        for name, used in cell_paths.items():
+            paths.setdefault(name, set()).update(used)
+    return Scan(findings, graph, paths)

@@ -64,10 +64,19 @@ class Wire:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         sock.setblocking(False)
+        self._wake, self._waker = socket.socketpair()      # wakes a waiting exchange at once
+        self._wake.setblocking(False)
 
     def close(self) -> None:
+        for s in (self.sock, self._wake, self._waker):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def wake(self) -> None:
         try:
-            self.sock.close()
+            self._waker.send(b"!")
         except OSError:
             pass
 
@@ -76,8 +85,14 @@ class Wire:
             left = deadline - time.monotonic()
             if left <= 0 or (stop is not None and stop.is_set()):
                 return False
-            r, w, _ = select.select([self.sock] if event == "r" else [], [self.sock] if event == "w" else [], [],
-                                    min(left, 0.1))
+            r, w, _ = select.select([self.sock, self._wake] if event == "r" else [self._wake],
+                                    [self.sock] if event == "w" else [], [], min(left, 1.0))
+            if self._wake in r:
+                try:
+                    self._wake.recv(64)
+                except OSError:
+                    pass
+                continue          # the stop flag says whether to go on
             if r or w:
                 return True
 
@@ -146,17 +161,23 @@ class Exchange:
     that answers it (a large response would otherwise wait for a reader)."""
 
     def __init__(self, wire: Wire, payload: bytes, deadline: float, max_bytes: int = MAX_RESPONSE_BYTES):
-        self.stop = threading.Event()
+        self.stop, self.received = threading.Event(), threading.Event()
+        self.wire = wire
         self.outcome = (None, "no response")
         if not wire.drain():
             self.outcome, self.thread = (None, "the kernel flooded its channel"), None
             return
 
         def run():
-            if not wire.send(payload, deadline, self.stop):
-                self.outcome = (None, "the request could not be sent")
+            try:
+                if wire.send(payload, deadline, self.stop):
+                    self.outcome = wire.receive(deadline, max_bytes, self.stop)
+                else:
+                    self.outcome = (None, "the request could not be sent")
+            finally:
+                self.received.set()
+            if self.outcome[0] is None:
                 return
-            self.outcome = wire.receive(deadline, max_bytes, self.stop)
             # whatever else the kernel writes until the request is over is discarded, so
             # that a write of its (forged frame first, then the runtime's) never blocks it
             dropped = 0
@@ -174,11 +195,13 @@ class Exchange:
         self.thread.start()
 
     def result(self, wait: float):
-        """(payload, None) or (None, why), waiting at most ``wait`` seconds more."""
+        """(payload, None) or (None, why), waiting at most ``wait`` seconds more for the
+        frame (the kernel has finished the request: what it still writes is dropped)."""
         if self.thread is not None:
-            self.thread.join(max(wait, 0.0))
+            self.received.wait(max(wait, 0.0))
             self.stop.set()
-            self.thread.join(1.0)
+            self.wire.wake()
+            self.thread.join(5.0)    # before another request: nothing of this one reads on
         return self.outcome
 
 

@@ -308,9 +308,31 @@ def {func}(*args, **kwargs):
 """
 
 
+def _scan_missing_the_channel(monkeypatch):
+    """The back-door scan as if it did not see descriptor I/O (it refuses it: see
+    test_the_scan_refuses_writing_to_the_channel): what the channel's own bounds hold."""
+    from lossgrader import backdoors
+    real = backdoors.scan_handin
+
+    def scan(*args, **kwargs):
+        found = real(*args, **kwargs)
+        found.attacks = [f for f in found.attacks if f.why != backdoors.CHANNEL.zh]
+        return found
+    monkeypatch.setattr(backdoors, "scan_handin", scan)
+
+
+def test_the_scan_refuses_writing_to_the_channel():
+    from lossgrader import backdoors
+    found = backdoors.scan_source(FORGE.format(func="mse_loss", kind="bomb", honest="_h"), 0)
+    assert {f.what for f in found if not f.review} >= {"os.write", "'LOSSGRADER_CHANNEL_FD'"}
+    for source in ('open(3, "wb").write(b"x")', 'open("/proc/self/fd/3", "wb")', "import io\nio.FileIO(3, 'w')",
+                   "import os as o\no.fdopen(3, 'wb')", "from os import write\nwrite(3, b'x')"):
+        assert [f for f in backdoors.scan_source(source, 0) if not f.review], source
+
+
 @needs_bwrap
 @pytest.mark.timeout(300)
-def test_forged_response_frames_fail_their_cell_and_nothing_else(tmp_path):
+def test_forged_response_frames_fail_their_cell_and_nothing_else(tmp_path, monkeypatch):
     """Each cell's function first writes a forged frame into the runtime's channel (a
     deflate bomb, a 2^40 name, a 10^12-element view), then answers honestly: the forged
     frame is what the grader reads, refused or failing its cases; the other cells keep
@@ -318,6 +340,7 @@ def test_forged_response_frames_fail_their_cell_and_nothing_else(tmp_path):
     from test_executors import _course, _grades
     from lossgrader.autograde import autograde
 
+    _scan_missing_the_channel(monkeypatch)
     inserts = {}
     for grade_id, func, kind in (("test_mse", "mse_loss", "bomb"), ("test_mae", "mae_loss", "nested"),
                                  ("test_huber", "huber_loss", "giant")):
@@ -330,3 +353,29 @@ def test_forged_response_frames_fail_their_cell_and_nothing_else(tmp_path):
     scores = _grades(root)["forger"][1][2]
     assert scores["test_mse"] == scores["test_mae"] == scores["test_huber"] == 0.0
     assert sum(scores.values()) == 3.0            # the three other cells, untouched
+
+
+
+@needs_bwrap
+@pytest.mark.timeout(300)
+def test_a_forbidden_built_in_named_in_the_source_never_scores_on_the_process_word_alone(tmp_path, monkeypatch):
+    """Which functions ran is the student's process's account. Here it reports F.mse_loss:
+    zero. When it reports nothing (the account ignored below, as a forged frame would make
+    it), the source read outside still names F.mse_loss: the cell goes to a person, with no
+    marks until one decides."""
+    from test_executors import _course, _grades
+    from lossgrader.autograde import autograde
+    from lossgrader.exercises import common
+
+    answer = ("import torch.nn.functional as F\n\n"
+              "def mse_loss(pred, target):\n    return helper(pred, target)\n\n"
+              "def helper(pred, target):\n    return F.mse_loss(pred, target)\n")
+    root = _course(str(tmp_path / "course"), {"builtin": _handin({"test_mse": answer})})
+    autograde(root, cell_timeout=60, progress=False, sandbox=True, jobs=1)
+    assert _grades(root)["builtin"][1][2]["test_mse"] == 0.0          # the process reported the call
+
+    monkeypatch.setattr(common, "check_forbidden", lambda calls, rules: None)
+    autograde(root, cell_timeout=60, progress=False, sandbox=True, jobs=1)
+    status, (_, _, scores) = _grades(root)["builtin"]
+    assert scores["test_mse"] == 0.0 and status == "needs manual grading"
+    assert sum(scores.values()) == 5.0                                 # the other cells: their points

@@ -59,6 +59,19 @@ class Forbidden:
     def matches(self, name, kwargs) -> bool:
         return name in self.names and (self.when is None or self.when(kwargs))
 
+    def named_by(self, path: str) -> bool:
+        """Whether a library path in the answer's source (``torch.nn.functional.mse_loss``,
+        ``torch.nn.MSELoss``) names one of these functions or its module class: only for
+        rules without a keyword condition (the function itself is forbidden)."""
+        if self.when is not None or not path.startswith("torch."):
+            return False
+        last = path.rsplit(".", 1)[-1]
+        for f in self.funcs:
+            short = getattr(f, "__name__", "")
+            if short and (last == short or last.lower() == short.replace("_", "")):
+                return True
+        return False
+
 
 @dataclass(frozen=True)
 class Mistake:
