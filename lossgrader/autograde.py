@@ -95,9 +95,7 @@ def _write_autograded(root, result: HandinResult) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, os.path.join(dest, name + ".ipynb"))
-    stamp = os.path.join(root, "submitted", result.student, result.assignment, "timestamp.txt")
-    if os.path.isfile(stamp):
-        shutil.copyfile(stamp, os.path.join(dest, "timestamp.txt"))
+    course.copy_nbgrader_files(root, result.student, result.assignment, dest)
 
 
 # --------------------------------------------------------------------------------------
@@ -475,9 +473,13 @@ def bound_result(result: HandinResult, cap: int = MAX_AUTOGRADED_BYTES):
     notes += more
     if problem:
         return failed(problem)
+    review = result.review if isinstance(result.review, dict) else {}
+    review = {k: {"reason": _text(v.get("reason"), MAX_REASON_CHARS), "auto_score": float(v["auto_score"])}
+              for k, v in list(review.items())[:len(scores)]
+              if k in scores and isinstance(v, dict) and _number(v.get("auto_score")) is not None}
     kept = HandinResult(result.student, result.assignment, status=result.status, reason=reason,
                         scores=dict(scores), max_scores=max_scores, notebooks=notebooks, cases=cases,
-                        timings=timings, log=log, attempts=attempts)
+                        timings=timings, log=log, attempts=attempts, review=review)
     return kept, notes
 
 

@@ -12,6 +12,9 @@ import os
 
 STATUS_FILE = "lossgrader-status.json"
 STATE_DIR = ".lossgrader"          # backups, worker logs, scratch release directory
+# what nbgrader keeps beside a hand-in (collect writes them) and needs beside its autograded
+# copy and its feedback (release_feedback matches a page to its submission by the secret)
+NBGRADER_FILES = ("timestamp.txt", "submission_secret.txt")
 
 
 def find_course_root(start=None):
@@ -130,3 +133,23 @@ def write_status(root, status):
 
 def samples_dir(root):
     return os.path.join(root, "samples", "submitted")
+
+
+def copy_nbgrader_files(root, student, assignment, dest):
+    """Copy NBGRADER_FILES of submitted/<student>/<assignment>/ into ``dest`` (regular
+    files only, never through a link)."""
+    import shutil
+    import stat
+
+    src = os.path.join(root, directory(root, "submitted_directory", "submitted"), student, assignment)
+    for name in NBGRADER_FILES:
+        path = os.path.join(src, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            with open(os.path.join(dest, name), "wb") as out:
+                shutil.copyfileobj(fh, out, 1 << 16)

@@ -279,6 +279,8 @@ def feedback(root, only_assignments=None, only_students=None, progress=True, str
                                        f"{exc.__class__.__name__}: {exc}") from exc
             _write(path, page)
             written.append(path)
+        if os.path.isdir(dest_dir):         # nbgrader's release_feedback matches the page by these
+            course.copy_nbgrader_files(root, student, aid, dest_dir)
         if progress:
             stream.write(f"feedback  {n}/{len(pairs)} {student}/{aid}\n")
             stream.flush()

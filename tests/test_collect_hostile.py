@@ -782,10 +782,6 @@ def test_the_download_time_is_the_submission_time_in_the_gradebook(collected_and
     assert _read_text(os.path.join(root, "autograded", "12002", B, "timestamp.txt")) == stamp
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="lossgrader/feedback.py does not yet put timestamp.txt and submission_secret.txt "
-                          "beside the page in feedback/<student>/<assignment>/, where nbgrader release_feedback "
-                          "reads them (collect writes both in submitted/): remove this mark with that change")
 def test_nbgrader_release_feedback_works_on_collected_hand_ins(collected_and_graded):
     """collect -> lossgrader autograde -> lossgrader feedback -> nbgrader release_feedback:
     nbgrader finds the timestamp and the secret it needs and releases our page."""

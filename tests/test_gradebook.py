@@ -486,6 +486,8 @@ def test_nbgrader_generate_feedback_reads_the_written_rows(course):
     cfg = G.course_config(course)
     cfg.CourseDirectory.assignment_id = A
     cfg.CourseDirectory.student_id = "alice"
+    # nbgrader's own page (the course's config writes lossgrader's: tests/test_nbgrader_paths.py)
+    cfg.GenerateFeedback.exporter_class = "nbconvert.exporters.HTMLExporter"
     converter = GenerateFeedback(coursedir=CourseDirectory(config=cfg), config=cfg)
     converter.force = True
     converter.start()
