@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 
+from lossgrader.nbgrader_plugins import use_stock_autograde
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COURSE = ("nbgrader_config.py", "_config.yml", "solutions", "tools")
 
@@ -77,6 +79,7 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-autograde-") as tmp:
         plain, ours = fresh_course(tmp, "nbgrader"), fresh_course(tmp, "lossgrader")
+        use_stock_autograde(plain)       # the anchor: nbgrader as it ships, not this course's sandboxed steps
         register(plain)
         register(ours)
         n = sum(len(os.listdir(os.path.join(plain, "submitted", s))) for s in os.listdir(os.path.join(plain, "submitted")))

@@ -65,6 +65,23 @@ NO_SANDBOX = (
     "(`lossgrader autograde --no-sandbox` grades without it, for hand-ins you trust.)")
 
 
+# nbgrader's own autograde steps as nbgrader ships them (unconfined, in the student's
+# process): appended to a course copy's nbgrader_config.py by use_stock_autograde, for the
+# benchmarks' anchor ("plain nbgrader") and the tests' control
+STOCK_AUTOGRADE = """
+# nbgrader's own autograde steps, as nbgrader ships them (lossgrader.nbgrader_plugins.STOCK_AUTOGRADE)
+from nbgrader.converters import Autograde as _Autograde
+c.Autograde.sanitize_preprocessors = _Autograde.class_traits()["sanitize_preprocessors"].default()
+c.Autograde.autograde_preprocessors = _Autograde.class_traits()["autograde_preprocessors"].default()
+"""
+
+
+def use_stock_autograde(root) -> None:
+    """Make ``nbgrader autograde`` in the course copy at ``root`` plain nbgrader again."""
+    with open(os.path.join(root, "nbgrader_config.py"), "a", encoding="utf-8") as fh:
+        fh.write(STOCK_AUTOGRADE)
+
+
 class SandboxRequired(SystemExit):
     """Grading cannot be sandboxed here: the nbgrader command stops with this message."""
 

@@ -364,14 +364,6 @@ def test_nbgrader_generate_feedback_writes_lossgraders_pages(graded):
 # The control: nbgrader as it ships
 # --------------------------------------------------------------------------------------
 
-PLAIN_NBGRADER = """
-# nbgrader's own autograde steps, as nbgrader ships them (the control of the test)
-from nbgrader.converters import Autograde as _Autograde
-c.Autograde.sanitize_preprocessors = _Autograde.class_traits()["sanitize_preprocessors"].default()
-c.Autograde.autograde_preprocessors = _Autograde.class_traits()["autograde_preprocessors"].default()
-"""
-
-
 def test_the_cheats_work_on_plain_nbgrader(tmp_path):
     """Without lossgrader's steps (nbgrader's Execute and SaveAutoGrades), the cheats get
     full marks: the tests above would fail."""
@@ -379,8 +371,8 @@ def test_the_cheats_work_on_plain_nbgrader(tmp_path):
     for student in handins():
         if student not in WORK_ON_PLAIN_NBGRADER + ["blank"]:
             shutil.rmtree(os.path.join(root, "submitted", student))
-    with open(os.path.join(root, "nbgrader_config.py"), "a", encoding="utf-8") as fh:
-        fh.write(PLAIN_NBGRADER)
+    from lossgrader.nbgrader_plugins import use_stock_autograde
+    use_stock_autograde(root)
     proc = run_nbgrader(root, "autograde", A)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert cells(root, "blank")[TEST] == (0.0, False)
