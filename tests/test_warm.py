@@ -31,8 +31,10 @@ FULL = os.path.join(ROOT, "samples", "submitted", "demo_full", A, A + ".ipynb")
 PROBE = textwrap.dedent("""\
     import json as _json, os as _os, resource as _resource
     def _files(top):
+        # writable places only: the Python environment may be bound read-only under /tmp
         out = []
         for base, dirs, files in _os.walk(top):
+            dirs[:] = [d for d in dirs if not _os.statvfs(_os.path.join(base, d)).f_flag & _os.ST_RDONLY]
             out += [_os.path.join(base, f) for f in files]
         return out
     _procs = {}
@@ -64,6 +66,9 @@ ATTACKS = {
     "idle_policy": "_os.sched_setscheduler(_Z, _os.SCHED_IDLE, _os.sched_param(0))",
     "lower_rlimit": "_resource.prlimit(_Z, _resource.RLIMIT_NOFILE, (32, 32))",
     "sysv_shm": "_ctypes.CDLL(None).shmget(0, 1 << 20, 0o1000 | 0o600)",   # IPC_PRIVATE, IPC_CREAT
+    # ioprio_set(IOPRIO_WHO_PROCESS, zygote, IOPRIO_CLASS_IDLE): every later kernel's disk I/O last
+    "io_priority": ("assert _ctypes.CDLL(None).syscall({'x86_64': 251, 'aarch64': 30}[_os.uname().machine], "
+                    "1, _Z, 3 << 13) == 0"),
     # sched_setattr: a 0.1 ms time slice for SCHED_OTHER (Linux 6.12+), inherited by every kernel
     "time_slice": ("import struct as _struct\n"
                    "_nr = {'x86_64': 314, 'aarch64': 274}[_os.uname().machine]\n"
@@ -198,6 +203,74 @@ def test_signals_do_not_reach_the_zygote(tmp_path, attack):
     seen = json.loads(_printed(root, "b_victim", "PROBE"))
     assert seen["home"] == _printed(root, "a_attacker", "HOME")     # it went on serving
     _assert_untouched(seen)
+
+
+LEFTOVER = textwrap.dedent("""\
+    import ctypes as _ct, json as _json, os as _os
+    _libc, _rt = _ct.CDLL(None, use_errno=True), _ct.CDLL("librt.so.1", use_errno=True)
+    _rt.mq_open.argtypes = [_ct.c_char_p, _ct.c_int, _ct.c_uint, _ct.c_void_p]
+    _ADD_KEY, _KEYCTL = {"x86_64": (248, 250), "aarch64": (217, 219)}[_os.uname().machine]
+    _RINGS = {"user": -4, "user-session": -5}
+    """)
+LEAVE = textwrap.dedent("""\
+    _q = _rt.mq_open(b"/lossgrader-left", _os.O_CREAT | _os.O_RDWR, 0o600, None)
+    assert _q >= 0 and _rt.mq_send(_q, b"secret", 6, 0) == 0
+    for _ring in _RINGS.values():
+        assert _libc.syscall(_ADD_KEY, b"user", b"lossgrader-left", b"secret", 6, _ct.c_long(_ring)) > 0
+    print("LEFT" + _json.dumps(sorted(_os.listdir("/dev/mqueue"))))
+    """)
+LOOK = textwrap.dedent("""\
+    _seen = {"queue": _rt.mq_open(b"/lossgrader-left", _os.O_RDWR, 0, None) >= 0,
+             "queues": sorted(_os.listdir("/dev/mqueue")),
+             "keys": {n: _libc.syscall(_KEYCTL, 11, _ct.c_long(r), None, _ct.c_long(0)) for n, r in _RINGS.items()}}
+    print("SEEN" + _json.dumps(_seen))
+    """)
+
+
+def test_message_queues_and_keys_left_by_one_hand_in_are_gone_before_the_next(tmp_path):
+    """POSIX message queues outlive their processes in the sandbox's IPC namespace, and the
+    user and user-session keyrings are shared by every process of the uid: the reset removes
+    the queues and clears both keyrings (each kernel has a session keyring of its own)."""
+    root = _course(str(tmp_path), {"a_attacker": [ZYGOTE, LEFTOVER + LEAVE], "b_victim": [LEFTOVER + LOOK, PROBE]})
+    _grade(root)
+    assert json.loads(_printed(root, "a_attacker", "LEFT")) == ["lossgrader-left"]
+    seen = json.loads(_printed(root, "b_victim", "SEEN"))
+    assert json.loads(_printed(root, "b_victim", "PROBE"))["home"] == _printed(root, "a_attacker", "HOME")
+    assert seen == {"queue": False, "queues": [], "keys": {"user": 0, "user-session": 0}}
+
+
+# What a process of the sandbox's uid can leave behind for the next hand-in in the same warm
+# sandbox, and the test that shows the reset clears it or compares it (throwing the sandbox
+# away when it differs). A new kind of leftover needs its attack here.
+LEFTOVER_KINDS = {
+    "processes (daemons, fork loops)": "test_a_daemon_left_by_one_hand_in_is_gone_before_the_next",
+    "files in /tmp, /dev/shm and the scratch folder": "test_a_daemon_left_by_one_hand_in_is_gone_before_the_next",
+    "folders without permissions": "test_a_daemon_left_by_one_hand_in_is_gone_before_the_next",
+    "SysV shared memory, semaphores, message queues": "test_a_changed_zygote_is_thrown_away[sysv_shm]",
+    "POSIX message queues": "test_message_queues_and_keys_left_by_one_hand_in_are_gone_before_the_next",
+    "keys in the user and user-session keyrings": "test_message_queues_and_keys_left_by_one_hand_in_are_gone_before_the_next",
+    "the zygote's nice value": "test_a_changed_zygote_is_thrown_away[renice]",
+    "the zygote's CPU affinity": "test_a_changed_zygote_is_thrown_away[affinity]",
+    "the zygote's scheduling policy": "test_a_changed_zygote_is_thrown_away[idle_policy]",
+    "the zygote's time slice and utilisation clamps": "test_a_changed_zygote_is_thrown_away[time_slice]",
+    "the zygote's resource limits": "test_a_changed_zygote_is_thrown_away[lower_rlimit]",
+    "the zygote's I/O priority": "test_a_changed_zygote_is_thrown_away[io_priority]",
+    "signals to the zygote": "test_signals_do_not_reach_the_zygote",
+    "ptrace and /proc reads of the zygote": "test_the_zygote_cannot_be_traced_or_read",
+    "module state (patched functions, seeds)": "test_a_warm_kernel_is_a_fresh_process_per_hand_in",
+}
+
+
+def test_every_kind_of_leftover_has_its_attack():
+    """Each kind listed above names a test of this file that exists (with its parameter)."""
+    for kind, name in LEFTOVER_KINDS.items():
+        func, _, param = name.partition("[")
+        assert callable(globals().get(func)), kind
+        if param:
+            assert param.rstrip("]") in ATTACKS, kind
+    zygote_checks = ("nice", "policy", "priority", "affinity", "rlimits", "ioprio", "sched_attr")
+    from lossgrader import zygote
+    assert sorted(zygote._attributes()) == sorted(zygote_checks)      # every attribute compared has a kind
 
 
 def _assert_untouched(seen):
