@@ -1,4 +1,4 @@
-"""Open the built book in headless Chromium, as a reader would, with only localhost reachable.
+"""Open the built book in headless Chromium (Playwright), as a reader would, with only localhost reachable.
 
 For every chapter: math is typeset by the bundled MathJax (no raw TeX left in the
 visible text), every image loaded, the console shows no error and no request left
@@ -6,8 +6,9 @@ visible text), every image loaded, the console shows no error and no request lef
 screenshot of every chapter is saved under _build/screenshots/ and a PDF print of it
 (after MathJax ran) under _build/pdf/.
 
-Needs Debian's chromium and fonts-noto-cjk; the tests are skipped without Chromium
-unless CI=true, where its absence is a failure.
+Needs Debian's chromium, fonts-noto-cjk and Playwright (PyPI; it drives Debian's chromium,
+no browser is downloaded); the tests are skipped without Chromium unless CI=true, where
+its absence is a failure.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ SEARCH_RESULTS_JS = r"""
 
 @pytest.fixture(scope="module")
 def site(book_build):
-    with StaticServer(book_build.html_dir) as server, Browser() as browser:
+    with StaticServer(book_build.html_dir) as server, Browser(offline=True) as browser:
         yield server, browser, book_build
 
 

@@ -29,7 +29,6 @@ pytest.importorskip("nbgrader")
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "class_report" / "demo_class.json"
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
-import headless  # noqa: E402
 from headless import Browser, StaticServer, find_chromium  # noqa: E402
 
 from course_copy import copy_course  # noqa: E402
@@ -265,8 +264,6 @@ def test_an_empty_course_gets_a_page_that_says_so(tmp_path):
     assert "成绩册中还没有作业" in html and "data:image" not in html
 
 
-OFFLINE = ("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",)
-
 PAGE_JS = r"""
 (() => ({
   h1: document.querySelector("h1").innerText,
@@ -285,19 +282,14 @@ def test_report_in_an_offline_browser(page, tmp_path_factory):
     path, _ = page
     shots = Path(SHOTS) if SHOTS else tmp_path_factory.mktemp("screenshots")
     shots.mkdir(parents=True, exist_ok=True)
-    saved = headless.CHROMIUM_FLAGS
-    headless.CHROMIUM_FLAGS = saved + OFFLINE
-    try:
-        with StaticServer(path.parent) as server, Browser(width=1280, height=900) as browser:
-            browser.open(server.base_url + path.name)
-            found = browser.evaluate(PAGE_JS)
-            browser.evaluate("Array.from(document.querySelectorAll('img, [onmouseover]'))"
-                             ".forEach((e) => e.dispatchEvent(new MouseEvent('mouseover')))")
-            found["pwned_after_hover"] = browser.evaluate("window.__pwned === undefined ? null : window.__pwned")
-            problems = browser.problems()
-            browser.screenshot(shots / "class_report.png")
-    finally:
-        headless.CHROMIUM_FLAGS = saved
+    with StaticServer(path.parent) as server, Browser(width=1280, height=900, offline=True) as browser:
+        browser.open(server.base_url + path.name)
+        found = browser.evaluate(PAGE_JS)
+        browser.evaluate("Array.from(document.querySelectorAll('img, [onmouseover]'))"
+                         ".forEach((e) => e.dispatchEvent(new MouseEvent('mouseover')))")
+        found["pwned_after_hover"] = browser.evaluate("window.__pwned === undefined ? null : window.__pwned")
+        problems = browser.problems()
+        browser.screenshot(shots / "class_report.png")
     assert not problems, problems
     assert found["h1"] == "班级报告" and found["h2"] == HEADINGS
     assert [f[0] for f in found["figures"]] == ["fig-assignments", "fig-exercises", "fig-mistakes", "fig-times"]

@@ -26,7 +26,6 @@ pytest.importorskip("nbgrader")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
-import headless  # noqa: E402
 from headless import Browser, StaticServer, find_chromium  # noqa: E402
 
 from course_copy import copy_course  # noqa: E402
@@ -101,18 +100,6 @@ NBGRADER_ENGLISH = ("Student's answer", "Grade cell", "Score:", "(Top)", "Test c
                     "Late submission", "Written response", "In [", "Out[")
 
 
-class OfflineBrowser(Browser):
-    """Chromium that cannot resolve any host but 127.0.0.1: a CDN reference fails loudly."""
-
-    def start(self) -> None:
-        saved = headless.CHROMIUM_FLAGS
-        headless.CHROMIUM_FLAGS = saved + ("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",)
-        try:
-            super().start()
-        finally:
-            headless.CHROMIUM_FLAGS = saved
-
-
 def _copy_course(dest: Path):
     copy_course(dest, [A], exercises=False)
 
@@ -164,7 +151,8 @@ def course(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with OfflineBrowser() as b:
+    # Chromium that cannot resolve any host but 127.0.0.1: a CDN reference fails loudly
+    with Browser(offline=True) as b:
         yield b
 
 

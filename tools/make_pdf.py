@@ -11,13 +11,14 @@ Two steps:
    on one HTML page (``_build/singlehtml/``). It shares the notebook cache
    (``_build/.jupyter_cache``) with the HTML build, so after ``jupyter-book build .`` no
    notebook is executed again.
-2. ``book/_ext/headless.py``'s ``print_book``: headless Chromium opens that page from
-   127.0.0.1 (nothing else is contacted), waits until MathJax has typeset every formula
-   and every figure has loaded, adds the cover and the table of contents and prints it to
-   A4. Chinese text is set in the course's own font (``lossgrader/fonts/``), so the PDF
-   needs no system CJK font.
+2. ``book/_ext/headless.py``'s ``print_book``: Playwright drives headless Chromium, which
+   opens that page from 127.0.0.1 (nothing else is contacted), waits until MathJax has
+   typeset every formula and every figure has loaded, adds the cover and the table of
+   contents and prints it to A4. Chinese text is set in the course's own font
+   (``lossgrader/fonts/``), so the PDF needs no system CJK font.
 
-Needs Debian's ``chromium`` (``apt-get install chromium``).
+Needs Debian's ``chromium`` (``apt-get install chromium``) and ``playwright`` from PyPI
+(requirements.txt), which drives it through ``executable_path``: no browser is downloaded.
 
 Options: ``--path-output DIR`` builds into ``DIR/_build`` instead (e.g. a scratch
 folder), ``--no-build`` prints an existing singlehtml build, ``--out FILE`` names the PDF.

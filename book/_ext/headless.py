@@ -1,84 +1,59 @@
-"""Headless Chromium, driven over the DevTools protocol, for checking and printing the book.
+"""Headless Chromium for checking and printing the book, driven by Playwright.
 
-Used by tests/test_browser.py (open every chapter, check math/images/console/search,
-take screenshots) and from the command line to print the built chapters to PDF:
+Playwright (PyPI) drives Debian's ``chromium`` (``executable_path``; no browser is
+downloaded). What is left here is what no driver does for us: serving a built folder on
+127.0.0.1 (with aliases), the list of problems a page reported (console errors, uncaught
+exceptions, failed loads, requests to other hosts), waiting for MathJax and every image,
+and the whole-book print (cover, table of contents, the course font as TrueType).
+
+Used by the browser tests (tests/test_browser.py, test_feedback_page.py,
+test_class_report.py, test_accessibility.py) and from the command line:
 
     python book/_ext/headless.py pdf [--html _build/html] [--out _build/pdf]
     python book/_ext/headless.py book [--html _build/singlehtml] [--out _build/pdf/book.pdf]
 
 The second prints the whole book, built on one page, to one PDF; ``tools/make_pdf.py``
-builds that page and prints it in one command.
-
-Only the standard library, ``websocket-client`` (already installed as a Jupyter
-dependency), PyYAML and, for the whole-book PDF, fontTools (a matplotlib dependency) are
-needed. Chromium is started with every background service off and a
-fresh profile, and the book is served from 127.0.0.1, so nothing but localhost is
-contacted; requests to any other host are recorded so that a test can fail on them.
+builds that page and prints it in one command. Needs ``playwright`` (requirements.txt),
+PyYAML and, for the whole-book PDF, fontTools (a matplotlib dependency).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import functools
 import http.server
-import itertools
-import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
-import websocket  # websocket-client
-
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "chromium", "google-chrome")
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-extensions",
-    "--disable-default-apps",
-    "--disable-domain-reliability",
-    "--metrics-recording-only",
-    "--hide-scrollbars",
-    "--mute-audio",
-)
+#: Flags on top of Playwright's own (which already turn off background networking,
+#: component updates, sync, extensions and default apps, and pass --no-sandbox).
+CHROMIUM_FLAGS = ("--disable-quic", "--disable-domain-reliability", "--no-default-browser-check")
+#: Resolve no host but 127.0.0.1: anything else fails to load, loudly.
+OFFLINE_FLAG = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
 
-#: How long one print to PDF may take (seconds).
-PRINT_TIMEOUT_S = 600
-
-#: The chapters in reading order (the files listed in _toc.yml, as built HTML paths).
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def find_chromium() -> str | None:
-    for candidate in CHROMIUM_CANDIDATES:
-        path = shutil.which(candidate)
+    """Debian's Chromium (or ``LOSSBOOK_CHROMIUM``); None when there is none."""
+    for candidate in (os.environ.get("LOSSBOOK_CHROMIUM"), *CHROMIUM_CANDIDATES):
+        path = candidate and shutil.which(candidate)
         if path:
             return path
     return None
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    aliases: dict = {}
+
     def log_message(self, format, *args):  # noqa: A002 - signature from the base class
         pass
-
-
-class _AliasHandler(_QuietHandler):
-    aliases: dict = {}
 
     def translate_path(self, path):
         url_path = urllib.parse.urlsplit(path).path
@@ -95,7 +70,7 @@ class StaticServer:
     """
 
     def __init__(self, directory: Path, aliases: dict | None = None):
-        handler_class = type("Handler", (_AliasHandler,), {"aliases": dict(aliases or {})})
+        handler_class = type("Handler", (_QuietHandler,), {"aliases": dict(aliases or {})})
         handler = functools.partial(handler_class, directory=str(directory))
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.port = self.httpd.server_address[1]
@@ -112,29 +87,23 @@ class StaticServer:
         self._thread.join(timeout=5)
 
 
-class CDPError(RuntimeError):
-    pass
-
-
 class Browser:
-    """One headless Chromium process with one page, controlled over the DevTools protocol.
+    """One headless Chromium (Playwright) with one page, recording what went wrong.
 
-    Events of interest are collected while commands run: console errors, uncaught
-    exceptions, failed loads and requests to hosts other than localhost.
+    ``offline``: no host but 127.0.0.1 resolves. ``color_scheme``: "light" or "dark"
+    (the ``prefers-color-scheme`` the page sees). ``page`` is Playwright's Page.
     """
 
-    def __init__(self, chromium: str | None = None, width: int = 1280, height: int = 900):
+    def __init__(self, chromium: str | None = None, width: int = 1280, height: int = 900,
+                 offline: bool = False, args=()):
         self.chromium = chromium or find_chromium()
         if not self.chromium:
             raise FileNotFoundError("Chromium not found (apt-get install chromium)")
         self.width, self.height = width, height
-        self._ids = itertools.count(1)
-        self.events: list[dict] = []
-        self.proc: subprocess.Popen | None = None
-        self.ws: websocket.WebSocket | None = None
-        self.profile = tempfile.mkdtemp(prefix="lossbook-chromium-")
+        self.args = [*CHROMIUM_FLAGS, *((OFFLINE_FLAG,) if offline else ()), *args]
+        self.found: list[str] = []
+        self._playwright = self._browser = self.context = self.page = None
 
-    # -- process -----------------------------------------------------------------------
     def __enter__(self) -> "Browser":
         self.start()
         return self
@@ -143,139 +112,82 @@ class Browser:
         self.close()
 
     def start(self) -> None:
-        args = [
-            self.chromium,
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={self.profile}",
-            f"--window-size={self.width},{self.height}",
-            "--remote-debugging-address=127.0.0.1",
-            "--remote-debugging-port=0",
-            "about:blank",
-        ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port_file = Path(self.profile) / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not port_file.exists() or not port_file.read_text().strip():
-            if self.proc.poll() is not None:
-                raise CDPError(f"Chromium exited early with code {self.proc.returncode}")
-            if time.monotonic() > deadline:
-                raise CDPError("Chromium did not open its DevTools port within 30 s")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as resp:
-            targets = json.load(resp)
-        page = next(t for t in targets if t.get("type") == "page")
-        self.ws = websocket.create_connection(
-            page["webSocketDebuggerUrl"], timeout=60, suppress_origin=True
-        )
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            self.send(f"{domain}.enable")
-        self._set_viewport(self.width, self.height)
+        from playwright.sync_api import sync_playwright
+
+        self._playwright = sync_playwright().start()
+        try:
+            self._browser = self._playwright.chromium.launch(executable_path=self.chromium, args=self.args,
+                                                             chromium_sandbox=False)
+            self.new_page()
+        except BaseException:
+            self.close()
+            raise
+
+    def new_page(self, width: int | None = None, height: int | None = None, color_scheme: str = "light"):
+        """A fresh context and page (the old one is closed); returns the page."""
+        if self.context is not None:
+            self.context.close()
+        self.width, self.height = width or self.width, height or self.height
+        self.context = self._browser.new_context(viewport={"width": self.width, "height": self.height},
+                                                 device_scale_factor=1, color_scheme=color_scheme)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(60_000)
+        self.page.on("console", self._on_console)
+        self.page.on("pageerror", lambda error: self.found.append(f"uncaught exception: {error}"))
+        self.page.on("requestfailed", self._on_failed)
+        self.page.on("request", self._on_request)
+        self.found = []
+        return self.page
 
     def close(self) -> None:
-        if self.ws is not None:
-            try:
-                self.ws.close()
-            except Exception:
-                pass
-            self.ws = None
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-            self.proc = None
-        shutil.rmtree(self.profile, ignore_errors=True)
+        for thing in (self.context, self._browser):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:
+                    pass
+        if self._playwright is not None:
+            self._playwright.stop()
+        self._playwright = self._browser = self.context = self.page = None
 
-    # -- protocol ----------------------------------------------------------------------
-    def send(self, method: str, **params):
-        """Send one command and return its result; events arriving meanwhile are kept."""
-        msg_id = next(self._ids)
-        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == msg_id:
-                if "error" in msg:
-                    raise CDPError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-            if "method" in msg:
-                self.events.append(msg)
+    # -- what the page reported ----------------------------------------------------------
+    def _on_console(self, message) -> None:
+        if message.type in ("error", "assert"):
+            # "Failed to load resource: ... 404" names its URL only in the location
+            url = (message.location or {}).get("url", "") if message.text.startswith("Failed to load") else ""
+            self.found.append(f"console.{message.type}: {message.text} {url}".strip())
 
-    def wait_event(self, method: str, timeout: float = 30.0) -> dict:
-        """Wait for the next event named ``method`` (events already received count)."""
-        for i, event in enumerate(self.events):
-            if event.get("method") == method:
-                return self.events.pop(i)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.ws.settimeout(max(0.1, deadline - time.monotonic()))
-            try:
-                msg = json.loads(self.ws.recv())
-            except websocket.WebSocketTimeoutException:
-                break
-            finally:
-                self.ws.settimeout(60)
-            if msg.get("method") == method:
-                return msg
-            if "method" in msg:
-                self.events.append(msg)
-        raise CDPError(f"timed out waiting for {method}")
+    def _on_failed(self, request) -> None:
+        failure = request.failure or ""
+        if failure != "net::ERR_ABORTED":            # a load the page itself cancelled
+            self.found.append(f"failed load: {failure} {request.url}")
 
-    def evaluate(self, expression: str, await_promise: bool = True, timeout_ms: int = 30000):
-        result = self.send(
-            "Runtime.evaluate",
-            expression=expression,
-            awaitPromise=await_promise,
-            returnByValue=True,
-            timeout=timeout_ms,
-        )
-        if "exceptionDetails" in result:
-            raise CDPError(f"JavaScript error: {result['exceptionDetails']}")
-        return result["result"].get("value")
+    def _on_request(self, request) -> None:
+        parts = urllib.parse.urlsplit(request.url)
+        if parts.scheme in ("http", "https", "ws", "wss") and parts.hostname not in ("127.0.0.1", "localhost"):
+            self.found.append(f"request to another host: {request.url}")
 
-    # -- pages -------------------------------------------------------------------------
-    def open(self, url: str) -> None:
-        """Navigate, wait for the load event, MathJax and every image."""
-        self.events = [e for e in self.events if e.get("method") != "Page.loadEventFired"]
-        self.send("Page.navigate", url=url)
-        self.wait_event("Page.loadEventFired", timeout=60)
-        self.evaluate(WAIT_FOR_PAGE_JS)
-
-    def problems(self, allowed_hosts=("127.0.0.1", "localhost")) -> list[str]:
-        """Console errors, exceptions, failed loads and off-host requests seen so far."""
-        found = []
-        urls = {
-            e["params"]["requestId"]: e["params"]["request"]["url"]
-            for e in self.events
-            if e.get("method") == "Network.requestWillBeSent"
-        }
-        for event in self.events:
-            method, params = event.get("method"), event.get("params", {})
-            if method == "Runtime.exceptionThrown":
-                details = params.get("exceptionDetails", {})
-                text = details.get("exception", {}).get("description") or details.get("text")
-                found.append(f"uncaught exception: {text}")
-            elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                args = " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
-                found.append(f"console.{params.get('type')}: {args}")
-            elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
-                entry = params["entry"]
-                found.append(f"log error: {entry.get('text')} {entry.get('url', '')}".strip())
-            elif method == "Network.loadingFailed" and not params.get("canceled"):
-                url = urls.get(params.get("requestId"), "?")
-                found.append(f"failed load: {params.get('errorText')} {url}")
-            elif method == "Network.requestWillBeSent":
-                url = params.get("request", {}).get("url", "")
-                scheme = urllib.parse.urlsplit(url).scheme
-                host = urllib.parse.urlsplit(url).hostname
-                if scheme in ("http", "https", "ws", "wss") and host not in allowed_hosts:
-                    found.append(f"request to another host: {url}")
-        return found
+    def problems(self) -> list[str]:
+        """Console errors (CSP refusals among them), exceptions, failed loads and requests
+        to hosts other than localhost, seen since the last clear_events()."""
+        return list(self.found)
 
     def clear_events(self) -> None:
-        self.events = []
+        self.found = []
+
+    # -- pages -------------------------------------------------------------------------
+    def open(self, url: str, timeout: float = 60.0) -> None:
+        """Navigate, wait for the load event, MathJax and every image."""
+        self.page.goto(url, wait_until="load", timeout=timeout * 1000)
+        self.page.evaluate(WAIT_FOR_PAGE_JS)
+
+    def evaluate(self, expression: str, arg=None):
+        """The value of a JavaScript expression (a promise is awaited)."""
+        return self.page.evaluate(expression, arg)
+
+    def set_viewport(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self.page.set_viewport_size({"width": width, "height": height})
 
     def screenshot(self, path: Path, full_page: bool = True, max_height: int = 60000) -> None:
         """PNG of the page; full_page makes the viewport as tall as the page first.
@@ -283,71 +195,34 @@ class Browser:
         (Capturing "beyond the viewport" instead would leave the theme's sticky,
         viewport-high sidebars at their first-screen size.)
         """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        width, height = self.width, self.height
         if full_page:
-            height = int(self.evaluate("document.documentElement.scrollHeight"))
-            self._set_viewport(self.width, min(max(height, self.height), max_height))
+            tall = int(self.evaluate("document.documentElement.scrollHeight"))
+            self.page.set_viewport_size({"width": width, "height": min(max(tall, height), max_height)})
             self.evaluate(WAIT_FOR_PAGE_JS)
         try:
-            data = self.send("Page.captureScreenshot", format="png")
+            self.page.screenshot(path=str(path))
         finally:
             if full_page:
-                self._set_viewport(self.width, self.height)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(data["data"]))
-
-    def _set_viewport(self, width: int, height: int) -> None:
-        self.send(
-            "Emulation.setDeviceMetricsOverride",
-            width=width,
-            height=height,
-            deviceScaleFactor=1,
-            mobile=False,
-        )
+                self.page.set_viewport_size({"width": width, "height": height})
 
     def print_pdf(self, path: Path, page_numbers: bool = False, untagged: bool = False) -> None:
         """Print the page to an A4 PDF; optionally with page numbers in the footer.
 
         ``untagged`` leaves out the tagged (accessibility) structure: for the whole book it
-        would double the time to print and the size of the file. (Chromium's PDF bookmarks,
-        generateDocumentOutline, come only with it.)
+        would double the time to print and the size of the file.
         """
-        options = dict(
-            printBackground=True,
-            preferCSSPageSize=False,
-            paperWidth=8.27,  # A4
-            paperHeight=11.69,
-            marginTop=0.5,
-            marginBottom=0.6 if page_numbers else 0.5,
-            marginLeft=0.5,
-            marginRight=0.5,
-        )
-        if page_numbers:
-            options.update(
-                displayHeaderFooter=True,
-                headerTemplate="<span></span>",
-                footerTemplate=PAGE_NUMBER_FOOTER,
-            )
-        if untagged:
-            options.update(generateTaggedPDF=False)
-        options.update(transferMode="ReturnAsStream")  # a large PDF comes back in chunks
-        self.ws.settimeout(PRINT_TIMEOUT_S)  # a whole book takes minutes on a busy machine
-        try:
-            data = self.send("Page.printToPDF", **options)
-        finally:
-            self.ws.settimeout(60)
-        if "stream" in data:
-            chunks = []
-            while True:
-                chunk = self.send("IO.read", handle=data["stream"], size=4 << 20)
-                chunks.append(base64.b64decode(chunk["data"]) if chunk.get("base64Encoded") else chunk["data"].encode("utf-8"))
-                if chunk.get("eof"):
-                    break
-            self.send("IO.close", handle=data["stream"])
-            pdf = b"".join(chunks)
-        else:
-            pdf = base64.b64decode(data["data"])
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(pdf)
+        margin = {"top": "0.5in", "bottom": "0.6in" if page_numbers else "0.5in", "left": "0.5in", "right": "0.5in"}
+        options = dict(path=str(path), width="8.27in", height="11.69in", margin=margin,  # A4
+                       print_background=True, prefer_css_page_size=False, tagged=not untagged)
+        if page_numbers:
+            options.update(display_header_footer=True, header_template="<span></span>",
+                           footer_template=PAGE_NUMBER_FOOTER)
+        self.page.pdf(**options)
 
 
 #: Resolves once MathJax has typeset the page (if the page loads MathJax) and every
@@ -396,8 +271,8 @@ PAGE_NUMBER_FOOTER = (
     '<span class="pageNumber"></span> / <span class="totalPages"></span></div>'
 )
 
-#: Runs WAIT_FOR_PAGE_JS in the background; poll window.__lossbookReady (a long page can
-#: take longer to typeset than one DevTools round trip may wait).
+#: Runs WAIT_FOR_PAGE_JS in the background; window.__lossbookReady says when it is done
+#: (the whole book takes minutes to typeset: waited for with its own time limit).
 START_WAIT_JS = (
     "window.__lossbookReady = null; ("
     + WAIT_FOR_PAGE_JS.strip()
@@ -613,34 +488,34 @@ def print_book(single_html_dir: Path, out: Path, timeout: float = 300.0) -> dict
         shutil.rmtree(work, ignore_errors=True)
 
 
+class PrintError(RuntimeError):
+    pass
+
+
 def _print_single_page(single_html_dir: Path, aliases: dict, out: Path, timeout: float) -> dict:
     with StaticServer(single_html_dir, aliases) as server, Browser() as browser:
-        browser.events = []
-        browser.send("Page.navigate", url=server.base_url + "book.html")
-        browser.wait_event("Page.loadEventFired", timeout=timeout)
-        browser.evaluate(START_WAIT_JS, await_promise=False)
-        deadline = time.monotonic() + timeout
-        while (state := browser.evaluate("window.__lossbookReady", await_promise=False)) is None:
-            if time.monotonic() > deadline:
-                raise CDPError(f"MathJax/images not ready after {timeout:.0f} s")
-            time.sleep(0.5)
+        browser.page.goto(server.base_url + "book.html", wait_until="load", timeout=timeout * 1000)
+        browser.evaluate(START_WAIT_JS)
+        try:
+            browser.page.wait_for_function("window.__lossbookReady !== null", timeout=timeout * 1000, polling=500)
+        except Exception as exc:
+            raise PrintError(f"MathJax/images not ready after {timeout:.0f} s") from exc
+        state = browser.evaluate("window.__lossbookReady")
         if state != "ok":
-            raise CDPError(f"waiting for the page failed: {state}")
+            raise PrintError(f"waiting for the page failed: {state}")
         checked = browser.evaluate(CHECK_PAGE_JS)
         if checked["problems"]:
-            raise CDPError("; ".join(checked["problems"]))
-        checked["headings"] = browser.evaluate(
-            f"({PREPARE_BOOK_JS.strip()})({json.dumps(book_metadata())})", await_promise=False)
+            raise PrintError("; ".join(checked["problems"]))
+        checked["headings"] = browser.evaluate(PREPARE_BOOK_JS.strip(), book_metadata())
         # The @font-face is used only in print: load it now, or the print falls back.
-        loaded = browser.evaluate(
-            'document.fonts.load("16px LossbookCJK", "中").then((faces) => faces.length)')
+        loaded = browser.evaluate('document.fonts.load("16px LossbookCJK", "中").then((faces) => faces.length)')
         if not loaded:
-            raise CDPError("the course's CJK font (/lossbook-cjk.ttf) did not load")
+            raise PrintError("the course's CJK font (/lossbook-cjk.ttf) did not load")
         # The singlehtml builder writes no search index that the theme's search box asks for.
         errors = [p for p in browser.problems()
                   if not p.startswith("request to another host") and not p.endswith("/searchindex.js")]
         if errors:
-            raise CDPError("the page reported errors: " + "; ".join(errors[:5]))
+            raise PrintError("the page reported errors: " + "; ".join(errors[:5]))
         browser.print_pdf(out, page_numbers=True, untagged=True)
     return checked
 
