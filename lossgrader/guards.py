@@ -219,6 +219,12 @@ def genuine_name(func):
     return entry[1] if entry is not None and entry[0] is func else None
 
 
+def genuine_ids(names) -> frozenset:
+    """The ids of torch's own functions whose genuine name is in ``names``."""
+    names = set(names)
+    return frozenset(key for key, (_, name) in _GENUINE.items() if name in names)
+
+
 # --------------------------------------------------------------------------- threads and processes
 # What the spies cannot see is reported as a gap in the observation (a pseudo-call in the
 # runtime's "calls"); the judge flags the test cell for a person (lossgrader.judge).
@@ -250,7 +256,7 @@ class _ThreadSpy(TorchFunctionMode):
         kwargs = kwargs or {}
         spy = _active[0]
         if spy is not None:
-            spy.calls.append((func, kwargs))
+            spy.record(func, args, kwargs)
         return func(*args, **kwargs)
 
 
@@ -313,14 +319,22 @@ class CallSpy(TorchFunctionMode):
     thread and on every thread started through ``threading`` (see _ThreadSpy), and what
     it could not watch (``gaps()``)."""
 
-    def __init__(self):
+    def __init__(self, keep_args=None):
         super().__init__()
-        self.calls = []
+        self.calls = []               # (func, kwargs, positional args or None)
         self._gaps = set()
+        self.keep_args = keep_args    # keep_args(func): whether to keep the call's positional arguments
+        self.grad_disabled = False    # some torch function ran with autograd off (no_grad, inference_mode)
+
+    def record(self, func, args, kwargs):
+        keep = self.keep_args is not None and self.keep_args(func)
+        self.calls.append((func, kwargs, tuple(args) if keep else None))
+        if not self.grad_disabled and not torch.is_grad_enabled():
+            self.grad_disabled = True
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        self.calls.append((func, kwargs))
+        self.record(func, args, kwargs)
         return func(*args, **kwargs)
 
     def _watch(self):

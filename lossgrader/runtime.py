@@ -23,6 +23,7 @@ object of the student's process is ever unpickled on the trusted side.
 """
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import struct
@@ -120,6 +121,71 @@ def _scalars(kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if isinstance(v, (bool, int, float, str, type(None)))}
 
 
+# ----------------------------------------------------------------------------- binding
+# A conditional rule ("F.cross_entropy is allowed, but not with label_smoothing") needs the
+# argument whichever way it was passed. The request lists, per entry point the judge cares
+# about ("torch.nn.functional.cross_entropy", "torch._C._nn.cross_entropy_loss",
+# "aten.cross_entropy_loss"), its parameters; the runtime binds the calls of those entry points
+# with inspect.Signature(...).bind_partial and reports the bound scalars by name. Other calls
+# keep only their keyword scalars, so the response stays small.
+_KINDS = {"p": inspect.Parameter.POSITIONAL_OR_KEYWORD, "k": inspect.Parameter.KEYWORD_ONLY}
+
+
+class Binder:
+    def __init__(self, spec=None):
+        self.signatures = {}
+        for name, params in (spec or {}).items():
+            try:
+                self.signatures[str(name)] = inspect.Signature(
+                    [inspect.Parameter(str(p), _KINDS.get(kind, _KINDS["p"])) for p, kind in params])
+            except (TypeError, ValueError):
+                continue
+        self._ids = guards.genuine_ids(self.signatures) if self.signatures else frozenset()
+
+    def __bool__(self):
+        return bool(self.signatures)
+
+    def keep_args(self, func) -> bool:
+        """Whether a call's positional arguments are needed (called for every torch call: cheap)."""
+        if id(func) in self._ids:
+            return True
+        return isinstance(func, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)) and qualname(func) in self.signatures
+
+    def arguments(self, name, args, kwargs) -> dict:
+        """The call's scalar arguments by parameter name (a tensor argument is reported as
+        "tensor"); only the keyword scalars where the call does not bind."""
+        signature = self.signatures.get(name)
+        if signature is None or args is None:
+            return _scalars(kwargs)
+        try:
+            bound = signature.bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            return _scalars(kwargs)
+        return {k: ("tensor" if isinstance(v, torch.Tensor) else v) for k, v in bound.items()
+                if isinstance(v, (bool, int, float, str, type(None), torch.Tensor))}
+
+
+# Calls that cut a result off the autograd graph or have no useful gradient: reported (by name,
+# once each) when a result turns out to have no graph, so that the judge's hint names what ran.
+GRAPH_CUTS = frozenset({"detach", "detach_", "item", "numpy", "tolist", "data", "tensor", "from_numpy",
+                        "requires_grad_", "round", "floor", "ceil", "trunc", "argmax", "argmin"})
+MAX_CUTS = 8
+
+
+def _graph_observation(spy) -> dict:
+    """What a spied call shows about the graph: whether torch ran with autograd off
+    (torch.no_grad, inference_mode, set_grad_enabled(False)) and which cutting calls ran."""
+    cuts = set()
+    for func, _, _ in list(spy.calls):
+        name = qualname(func)
+        short = name.rsplit(".", 1)[-1]
+        if short == "__get__":         # a property (x.data): named by its descriptor
+            short = str(getattr(getattr(func, "__self__", None), "__name__", ""))
+        if short in GRAPH_CUTS:
+            cuts.add(short)
+    return {"grad_disabled": bool(spy.grad_disabled), "cuts": sorted(cuts)[:MAX_CUTS]}
+
+
 class _Budget:
     def __init__(self, seconds: float):
         self.deadline = time.perf_counter() + float(seconds)
@@ -134,16 +200,18 @@ def _error(exc: BaseException) -> dict:
             "line": where[0] if where else None, "source": (where[1] if where else "")[:300]}
 
 
-def call(budget: _Budget, thunk, spy: bool = False) -> dict:
+def call(budget: _Budget, thunk, spy: bool = False, binder: Binder = None) -> dict:
     """Run ``thunk()`` (student code) within the remaining budget.
 
     Returns {"status", "result" (the object, in-process only), "error", "calls"}; status is
     "ok", "timeout", "budget" (no time left before the call), "exit", "notimpl",
-    "reference" (called one of lossgrader's references) or "raised"."""
+    "reference" (called one of lossgrader's references) or "raised". A spied call also keeps
+    its spy (in-process only) for ``_graph_observation``."""
     remaining = budget.remaining()
     if remaining <= 0:
         return {"status": "budget", "calls": []}
-    function_spy = guards.CallSpy() if spy else None
+    binder = binder if binder else None
+    function_spy = guards.CallSpy(binder.keep_args if binder else None) if spy else None
     out = {"status": "ok", "calls": []}
     try:
         with guards.time_limit(remaining):
@@ -166,9 +234,12 @@ def call(budget: _Budget, thunk, spy: bool = False) -> dict:
         out = {"status": status, "error": _error(exc)}
     calls = []
     if function_spy is not None:
-        calls += [[qualname(f), _scalars(kw)] for f, kw in list(function_spy.calls)]
+        for f, kw, args in list(function_spy.calls):
+            name = qualname(f)
+            calls.append([name, binder.arguments(name, args, kw) if binder else _scalars(kw)])
         calls += [[op, {}] for op in graph_ops(out.get("result"))]
         calls += [[gap, {}] for gap in function_spy.gaps()]    # what ran where no spy could see
+        out["spy"] = function_spy
     out["calls"] = calls
     return out
 
@@ -216,13 +287,36 @@ def _mutated(case: dict, args) -> list:
 
 
 def _strip(call_record: dict) -> dict:
-    return {k: v for k, v in call_record.items() if k != "result"}
+    return {k: v for k, v in call_record.items() if k not in ("result", "spy")}
 
 
-def run_function(fn, case: dict, device, budget: _Budget, spy: bool, gradients: bool) -> dict:
-    """One call of a loss (or gradient) function: value, autograd gradients, mutation."""
+def _no_graph(response: dict) -> bool:
+    """Whether a loss's result reached none of its differentiated inputs: no requires_grad,
+    a gradient missing, or every gradient exactly 0."""
+    if not response.get("out", {}).get("requires_grad"):
+        return True
+    grads = response.get("grads")
+    if grads is None:
+        return False
+    return any(g is None for g in grads) or all(isinstance(g, torch.Tensor) and not bool(g.any()) for g in grads)
+
+
+def observe_graph(fn, case: dict, device, budget: _Budget, record: dict) -> dict:
+    """Why a result has no graph: the observation of the spied call, or else of one more
+    call of ``fn`` under a spy (its result is dropped)."""
+    spy = record.get("spy")
+    if spy is None:
+        args, kwargs = _materialize(case, device)
+        again = call(budget, lambda: fn(*args, **kwargs), True)
+        spy = again.get("spy")
+    return _graph_observation(spy) if spy is not None else {}
+
+
+def run_function(fn, case: dict, device, budget: _Budget, spy: bool, gradients: bool, binder: Binder = None) -> dict:
+    """One call of a loss (or gradient) function: value, autograd gradients, mutation; for a
+    loss whose result has no graph, what the runtime saw about it (``graph``)."""
     args, kwargs = _materialize(case, device)
-    record = call(budget, lambda: fn(*args, **kwargs), spy)
+    record = call(budget, lambda: fn(*args, **kwargs), spy, binder)
     out = record.get("result")
     response = _strip(record)
     if record["status"] != "ok":
@@ -243,6 +337,9 @@ def run_function(fn, case: dict, device, budget: _Budget, spy: bool, gradients: 
                                                   for g in grads["result"]])
             if copied["status"] == "ok":
                 response["grads"] = copied["result"]
+    if (gradients and grad_args and not case.get("value_only") and response["out"].get("type") == "tensor"
+            and _no_graph(response)):
+        response["graph"] = observe_graph(fn, case, device, budget, record)
     return response
 
 
@@ -261,7 +358,7 @@ def read_safely(budget: _Budget, thunk) -> dict:
         return {"status": "unreadable", "message": f"{type(exc).__name__}: {exc}"[:300]}
 
 
-def run_module(cls, case: dict, device, budget: _Budget, spy: bool) -> dict:
+def run_module(cls, case: dict, device, budget: _Budget, spy: bool, binder: Binder = None) -> dict:
     """An nn.Module exercise: build it, list its parameters, run it with the module on the
     CPU and the inputs on ``device``, then again after ``module.to(device)``."""
     init = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in (case.get("init_kwargs") or {}).items()}
@@ -278,11 +375,11 @@ def run_module(cls, case: dict, device, budget: _Budget, spy: bool) -> dict:
     if params["status"] != "ok":
         return response
     response["params"] = list(params["result"])
-    response["runs"] = [run_function(module, case, device, budget, spy, True)]
+    response["runs"] = [run_function(module, case, device, budget, spy, True, binder)]
     moved = call(budget, lambda: module.to(device))
     response["moved"] = _strip(moved)
     if moved["status"] == "ok":
-        response["runs"].append(run_function(module, case, device, budget, spy, True))
+        response["runs"].append(run_function(module, case, device, budget, spy, True, binder))
     return response
 
 
@@ -323,15 +420,16 @@ def run(request: dict, solution) -> dict:
     device = torch.device(request["device"])
     budget = _Budget(request["time_limit"])
     kind, spy = request["kind"], bool(request.get("spy"))
+    binder = Binder(request.get("bind"))
     responses = []
     with guards.single_thread(), guards.capture_output() as captured, guards.guard_exits():
         for case in request["cases"]:
             if kind == "module":
-                responses.append(run_module(solution, case, device, budget, spy))
+                responses.append(run_module(solution, case, device, budget, spy, binder))
             elif kind in ("pair", "model"):
                 responses.append(run_outcome(solution, case, device, budget, kind))
             else:
-                responses.append(run_function(solution, case, device, budget, spy, kind == "loss"))
+                responses.append(run_function(solution, case, device, budget, spy, kind == "loss", binder))
     return {"cases": responses, "captured": captured}
 
 

@@ -3,6 +3,11 @@ from .common import (_as_grad_cases, AUTOGRAD, Curve, Exercise, _f, Forbidden, G
                      _mae_grad_cases, _mean_abs, Mistake, ref, _regression_cases,
                      _REGRESSION_CURVE, _residual_point, _SUM_HINT, torch)
 
+# Smooth L1 with β = 0 is the L1 loss itself (PyTorch computes it as such): forbidden where
+# the L1 loss is, allowed with any other β.
+_SMOOTH_L1_AS_L1 = Forbidden("F.smooth_l1_loss(beta=0)（即 F.l1_loss）", _f("smooth_l1_loss"), arg="beta",
+                             when=lambda beta: beta == 0)
+
 ENTRIES = [
     Exercise(
         id="mse",
@@ -13,7 +18,9 @@ ENTRIES = [
         assignment="02_regression",
         reference=ref.mse_loss,
         make_cases=_regression_cases(),
-        forbidden=[Forbidden("F.mse_loss / nn.MSELoss", _f("mse_loss"))],
+        forbidden=[Forbidden("F.mse_loss / nn.MSELoss", _f("mse_loss")),
+                   # with a threshold above every residual, 2·Huber (or 2β·Smooth L1) is the MSE
+                   Forbidden("F.huber_loss / F.smooth_l1_loss", _f("huber_loss", "smooth_l1_loss"))],
         curve=Curve(ref.mse_loss, _residual_point, **_REGRESSION_CURVE),
         mistakes=[Mistake("你计算的是平均绝对误差（MAE）：MSE 要对误差取平方。", _mean_abs),
                   Mistake(_SUM_HINT, lambda p, t: ((p - t) ** 2).sum()),
@@ -45,7 +52,7 @@ ENTRIES = [
         assignment="02_regression",
         reference=ref.mae_loss,
         make_cases=_mae_cases,
-        forbidden=[Forbidden("F.l1_loss / nn.L1Loss", _f("l1_loss"))],
+        forbidden=[Forbidden("F.l1_loss / nn.L1Loss", _f("l1_loss")), _SMOOTH_L1_AS_L1],
         curve=Curve(ref.mae_loss, _residual_point, **_REGRESSION_CURVE),
         mistakes=[Mistake("你的 MAE 实际计算的是平方误差（原教程的代码片段正是这个错误）：MAE 取绝对值，不取平方。",
                           lambda p, t: ((p - t) ** 2).mean()),
@@ -62,7 +69,7 @@ ENTRIES = [
         assignment="02_regression",
         reference=ref.mae_grad,
         make_cases=_mae_grad_cases,
-        forbidden=[AUTOGRAD, Forbidden("F.l1_loss", _f("l1_loss"))],
+        forbidden=[AUTOGRAD, Forbidden("F.l1_loss", _f("l1_loss")), _SMOOTH_L1_AS_L1],
         curve=Curve(ref.mae_grad, _residual_point, **_REGRESSION_CURVE),
         mistakes=[Mistake("梯度缺少 1/n：∂MAE/∂ŷᵢ = sign(ŷᵢ − yᵢ)/n。", lambda p, t: torch.sign(p - t)),
                   Mistake("梯度的符号反了：应为 sign(ŷ − y)/n。", lambda p, t: torch.sign(t - p) / p.numel()),

@@ -116,9 +116,8 @@ ENTRIES = [
         assignment="03_classification",
         reference=ref.label_smoothing_cross_entropy,
         make_cases=_class_cases(extra_kw=[{"smoothing": 0.2}, {"smoothing": 0.0}], large=True),
-        forbidden=[Forbidden("F.cross_entropy(label_smoothing=...)", _f("cross_entropy"),
-                             lambda kw: bool(kw.get("label_smoothing"))),
-                   Forbidden("F.nll_loss", _f("nll_loss"))],
+        # plain F.cross_entropy (and F.nll_loss) is allowed: only the built-in smoothing is not
+        forbidden=[Forbidden("F.cross_entropy(label_smoothing=...)", _f("cross_entropy"), arg="label_smoothing")],
         mistakes=[Mistake("你把 ε 分给了其他 K − 1 个类别（fairseq 的 label_smoothed_nll_loss 的约定）；本课程（与 PyTorch 一致）的目标是 (1 − ε)·onehot + ε/K，ε/K 分给全部 K 个类别。",
                           lambda x, t, smoothing=0.1: _ls_km1(x, t, smoothing)),
                   Mistake("平滑没有起作用：你计算的是普通交叉熵。", lambda x, t, smoothing=0.1: _ce_rows(x, t).mean()),

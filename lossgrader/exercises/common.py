@@ -4,6 +4,7 @@ formulas. The entries themselves are in the chapter modules beside this one."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html
 import zlib
 from dataclasses import dataclass
@@ -21,54 +22,139 @@ from ..runtime import INPUT_FUNCTIONS, decode_arg, encode_arg, qualname
 from ..plots import Curve
 
 
-# F functions whose kernel leaves its own autograd node: the runtime reports the nodes behind
-# a result, so the judge sees the built-in whatever Python route reached it (torch._C._nn.*,
-# torch.ops.aten.*, DisableTorchFunction).
-_AUTOGRAD_NODES = {
-    "mse_loss": ("autograd.MseLossBackward0",),
-    "huber_loss": ("autograd.HuberLossBackward0",),
-    "smooth_l1_loss": ("autograd.SmoothL1LossBackward0",),
-    "binary_cross_entropy": ("autograd.BinaryCrossEntropyBackward0",),
-    "binary_cross_entropy_with_logits": ("autograd.BinaryCrossEntropyWithLogitsBackward0",),
-    "nll_loss": ("autograd.NllLossBackward0", "autograd.NllLoss2DBackward0"),
-    "cross_entropy": ("autograd.NllLossBackward0", "autograd.NllLoss2DBackward0"),
+# The kernels the rules name. Per F function: the ATen operators behind it and the autograd
+# nodes they leave. A kernel is reached by several entry points, all of them one rule: the F
+# function (and the nn.Module that calls it), torch._C._nn.<op>, torch.<op> where torch has it,
+# and torch.ops.aten.<op> (any overload); the runtime reports each by its genuine name, and the
+# autograd node sees the kernel whatever Python route reached it (DisableTorchFunction).
+KERNELS = {   # F function: (ATen operators, autograd nodes, nn modules that call it)
+    "mse_loss": (("mse_loss",), ("MseLossBackward0",), ("MSELoss",)),
+    "l1_loss": (("l1_loss",), (), ("L1Loss",)),
+    "huber_loss": (("huber_loss",), ("HuberLossBackward0",), ("HuberLoss",)),
+    "smooth_l1_loss": (("smooth_l1_loss",), ("SmoothL1LossBackward0",), ("SmoothL1Loss",)),
+    "binary_cross_entropy": (("binary_cross_entropy",), ("BinaryCrossEntropyBackward0",), ("BCELoss",)),
+    "binary_cross_entropy_with_logits": (("binary_cross_entropy_with_logits",),
+                                         ("BinaryCrossEntropyWithLogitsBackward0",), ("BCEWithLogitsLoss",)),
+    "nll_loss": (("nll_loss", "nll_loss_nd", "nll_loss2d"), ("NllLossBackward0", "NllLoss2DBackward0"),
+                 ("NLLLoss", "NLLLoss2d")),
+    "cross_entropy": (("cross_entropy_loss",), ("NllLossBackward0", "NllLoss2DBackward0"), ("CrossEntropyLoss",)),
+    "triplet_margin_loss": (("triplet_margin_loss",), (), ("TripletMarginLoss",)),
+    "triplet_margin_with_distance_loss": ((), (), ("TripletMarginWithDistanceLoss",)),
 }
+_NO_KERNEL = ((), (), ())
+
+# Which F functions leave each autograd node: a rule may match a node only when every one of
+# them is forbidden outright in the exercise (label_smoothing_ce allows plain F.cross_entropy,
+# which leaves NllLossBackward0, so no rule of it matches that node).
+NODE_PRODUCERS = {}
+for _fname, (_ops, _nodes, _modules) in KERNELS.items():
+    for _node in _nodes:
+        NODE_PRODUCERS.setdefault("autograd." + _node, set()).add(_fname)
+
+
+def _short(func) -> str:
+    return getattr(func, "__name__", "") or ""
+
+
+def _aten_schema_params(op: str, rename_self: bool):
+    """[(name, kind)] of an ATen operator's default overload ("p": positional or keyword,
+    "k": keyword only), or None."""
+    packet = getattr(torch.ops.aten, op, None)
+    overload = getattr(packet, "default", None) if packet is not None else None
+    schema = getattr(overload, "_schema", None)
+    if schema is None:
+        return None
+    return [("input" if (rename_self and a.name == "self") else a.name, "k" if a.kwarg_only else "p")
+            for a in schema.arguments]
+
+
+def entry_points(func) -> dict:
+    """{name the runtime reports: [(parameter, kind)] or None} for every entry point of the
+    kernel behind ``func`` (an F function; any other callable is its own only entry point)."""
+    import inspect
+    points = {}
+    try:
+        params = [(name, "k" if p.kind == p.KEYWORD_ONLY else "p")
+                  for name, p in inspect.signature(func).parameters.items()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.POSITIONAL_ONLY)]
+    except (TypeError, ValueError):
+        params = None
+    points[qualname(func)] = params
+    ops = KERNELS.get(_short(func), _NO_KERNEL)[0] if getattr(func, "__module__", "") == F.__name__ else ()
+    for op in ops:
+        for owner in (torch._C._nn, torch._C._VariableFunctions):
+            builtin = getattr(owner, op, None)
+            if builtin is not None:
+                points[qualname(builtin)] = _aten_schema_params(op, rename_self=True)
+        if getattr(torch.ops.aten, op, None) is not None:
+            points[qualname(getattr(torch.ops.aten, op))] = _aten_schema_params(op, rename_self=False)
+    return points
+
+
+def _set(value) -> bool:
+    """The default condition of a conditional rule: the argument is given and not 0 / None /
+    False (a tensor counts as given)."""
+    return value is not None and value is not False and value != 0
 
 
 @dataclass(frozen=True)
 class Forbidden:
+    """A built-in the exercise forbids: its functions in every entry point of their kernels,
+    and where ``arg`` is set only when that argument, bound by name or position, satisfies
+    ``when`` (default: given and not 0). ``nodes``: the autograd nodes the rule matches, set
+    by the Exercise (``Exercise.resolve_nodes``): only nodes no allowed call leaves."""
     name: str                       # as shown to the student, e.g. "F.mse_loss"
     funcs: tuple
-    when: Optional[Callable[[dict], bool]] = None
+    arg: Optional[str] = None       # a conditional rule: the argument that makes a call forbidden
+    when: Callable = _set           # predicate on that argument's value
     message: Optional[str] = None   # replaces the default "write it yourself" message
+    nodes: frozenset = frozenset()
 
-    @property
-    def names(self) -> frozenset:
-        """The names the runtime reports for these functions: the Python function, its
-        torch._C._nn and torch.ops.aten twins and, for rules without a keyword condition, its
-        autograd node."""
-        names = {qualname(f) for f in self.funcs}
+    @functools.cached_property
+    def points(self) -> dict:
+        out = {}
         for f in self.funcs:
-            short = getattr(f, "__name__", "")
-            names.add(f"torch._C._nn.{short}")
-            names.update((f"aten.{short}", f"aten.{short}_loss"))   # torch.ops.aten.* (cross_entropy_loss)
-            if self.when is None:
-                names.update(_AUTOGRAD_NODES.get(short, ()))
-        return frozenset(names)
+            out.update(entry_points(f))
+        return out
 
-    def matches(self, name, kwargs) -> bool:
-        return name in self.names and (self.when is None or self.when(kwargs))
+    @functools.cached_property
+    def names(self) -> frozenset:
+        """The names the runtime reports for these functions' entry points and, where the
+        exercise resolved them, the autograd nodes."""
+        return frozenset(self.points) | (self.nodes if self.arg is None else frozenset())
+
+    def own_nodes(self) -> frozenset:
+        """The autograd nodes these functions' kernels leave."""
+        return frozenset("autograd." + n for f in self.funcs for n in KERNELS.get(_short(f), _NO_KERNEL)[1])
+
+    def bind_spec(self) -> dict:
+        """What the runtime needs to bind the conditional argument: {entry point: params}."""
+        if self.arg is None:
+            return {}
+        return {name: params for name, params in self.points.items() if params}
+
+    def matches(self, name, arguments) -> bool:
+        if name not in self.names:
+            return False
+        if self.arg is None:
+            return True
+        if name.startswith("autograd."):
+            return False
+        arguments = arguments if isinstance(arguments, dict) else {}
+        return self.arg in arguments and bool(self.when(arguments[self.arg]))
 
     def named_by(self, path: str) -> bool:
         """Whether a library path in the answer's source (``torch.nn.functional.mse_loss``,
-        ``torch.nn.MSELoss``) names one of these functions or its module class: only for
-        rules without a keyword condition (the function itself is forbidden)."""
-        if self.when is not None or not path.startswith("torch."):
+        ``torch.nn.MSELoss``, ``torch._C._nn.mse_loss``) names one of these functions, an
+        operator of its kernel or the nn module that calls it: only for rules without a
+        condition (the function itself is forbidden)."""
+        if self.arg is not None or not path.startswith("torch."):
             return False
         last = path.rsplit(".", 1)[-1]
         for f in self.funcs:
-            short = getattr(f, "__name__", "")
-            if short and (last == short or last.lower() == short.replace("_", "")):
+            short = _short(f)
+            ops, _, modules = KERNELS.get(short, _NO_KERNEL)
+            if short and last in (short,) + tuple(ops) + tuple(modules):
                 return True
         return False
 
@@ -89,12 +175,60 @@ def Variant(name: str, source: str, expects: str, fn: Callable) -> Mistake:
     return Mistake(f"你实现的是{name}（{source} 的约定），这是另一种损失；本课程的公式要求{expects}。", fn, source)
 
 
+def resolve_nodes(rules) -> tuple:
+    """The exercise's rules, each matching the autograd nodes of its kernels that only
+    forbidden calls leave: a node that an allowed call (a function forbidden only with some
+    argument, or not at all) also leaves is never matched."""
+    rules = tuple(rules)
+    outright = {_short(f) for r in rules if r.arg is None for f in r.funcs}
+    resolved = []
+    for r in rules:
+        nodes = frozenset(n for n in r.own_nodes() if NODE_PRODUCERS.get(n, {None}) <= outright) if r.arg is None \
+            else frozenset()
+        resolved.append(dataclasses.replace(r, nodes=nodes))
+    return tuple(resolved)
+
+
 AUTOGRAD = Forbidden("自动求导（.backward() / torch.autograd.grad / torch.autograd.backward）",
                      (torch.Tensor.backward, torch.autograd.grad, torch.autograd.backward))
 
 
 ONEHOT_HINT = ("目标是类别索引，形状 (N, *)：先把它转成与 logits 同形状 (N, C, *) 的 one-hot，"
                "例如 F.one_hot(target, C).movedim(-1, 1).to(probs.dtype)（原教程的 CombinedLoss 没有写明这一步：它只接受 one-hot 目标）。")
+
+
+class Expected(tuple):
+    """The reference's (value, grads) for a case, and ``precise``: the same evaluated in
+    float64 for a case in lower precision (None for a float64 case: nothing is more precise),
+    computed the first time a comparison needs it (judge.compare, REFERENCE_ERROR_FACTOR)."""
+
+    def __new__(cls, value, grads, precise=None):
+        self = super().__new__(cls, (value, grads))
+        self._precise = precise
+        return self
+
+    @property
+    def precise(self):
+        if callable(self._precise):
+            try:
+                self._precise = self._precise()
+            except Exception:       # a reference that cannot run in float64: the table decides
+                self._precise = None
+        return self._precise
+
+    def precise_value(self):
+        return self.precise[0] if self.precise is not None else None
+
+    def precise_grad(self, k):
+        grads = self.precise[1] if self.precise is not None else ()
+        return grads[k] if k < len(grads) else None
+
+
+def _upcast(value):
+    """A float tensor of lower precision as float64 (others unchanged)."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float64:
+        return value.double()
+    return value
 
 
 class Exercise:
@@ -113,7 +247,7 @@ class Exercise:
         self.assignment = assignment
         self.reference = reference
         self.make_cases = make_cases
-        self.forbidden = tuple(forbidden)
+        self.forbidden = resolve_nodes(forbidden)
         self.mistakes = tuple(mistakes) + tuple(variants)
         self.curve = curve
         # a per-exercise tolerance overrides judge.TOLERANCES only with a written reason
@@ -146,11 +280,21 @@ class Exercise:
         return self._cache[key]
 
     def expect(self, case: Case):
-        """Reference value and gradients (on the CPU)."""
+        """Reference value and gradients (on the CPU), with the same in float64 on demand."""
+        value, grads = self.evaluate_reference(case)
+        precise = None
+        if case.float_dtype() != torch.float64:
+            precise = lambda: self.evaluate_reference(case, upcast=True)  # noqa: E731
+        return Expected(value, grads, precise)
+
+    def evaluate_reference(self, case: Case, upcast: bool = False):
+        """(value, grads) of the reference on the case's inputs; ``upcast``: floating inputs
+        in float64 first."""
         fn = getattr(self.reference, "__wrapped_reference__", self.reference)
-        args = tuple(a.detach().clone().requires_grad_(i in case.grad_args and not case.value_only)
+        cast = _upcast if upcast else (lambda a: a)
+        args = tuple(cast(a.detach().clone()).requires_grad_(i in case.grad_args and not case.value_only)
                      if isinstance(a, torch.Tensor) else a for i, a in enumerate(case.args))
-        value = fn(*args, **case.kwargs)
+        value = fn(*args, **{k: cast(v) for k, v in case.kwargs.items()})
         grads = ()
         if case.grad_args and not case.value_only:
             grads = torch.autograd.grad(value, [args[i] for i in case.grad_args])
@@ -159,9 +303,15 @@ class Exercise:
     # ----------------------------------------------------------- what the runtime is sent
     def request(self, cases, device, hidden=False) -> dict:
         """The runtime's request: inputs only, never expected values (see lossgrader.runtime)."""
-        return {"kind": self.runtime_kind, "device": str(device), "time_limit": self.time_limit * (3 if hidden else 1),
-                "spy": bool(self.forbidden or self.required),
-                "cases": [self.request_case(c) for c in cases]}
+        request = {"kind": self.runtime_kind, "device": str(device), "time_limit": self.time_limit * (3 if hidden else 1),
+                   "spy": bool(self.forbidden or self.required),
+                   "cases": [self.request_case(c) for c in cases]}
+        bind = {}
+        for rule in self.forbidden:
+            bind.update(rule.bind_spec())
+        if bind:
+            request["bind"] = {name: [list(p) for p in params] for name, params in bind.items()}
+        return request
 
     def request_case(self, case: Case) -> dict:
         return {"args": [encode_arg(a) for a in case.args], "kwargs": dict(case.kwargs),
@@ -187,7 +337,8 @@ class Exercise:
         dtype = case.float_dtype()
         got = check_tensor_result(response.get("out", {}), (), dtype, device)
         check_unchanged(response.get("mutated"))
-        diff = compare(got, value, dtype, self.tol)
+        precise = getattr(expected, "precise_value", None)
+        diff = compare(got, value, dtype, self.tol, precise=precise)
         if diff:
             if not bool(torch.isfinite(got).all()):
                 raise nonfinite_failure(case, calls=response.get("calls", ()))
@@ -206,7 +357,8 @@ class Exercise:
                 raise CaseFailure("fail", f"{prefix}梯度没有流回第 {i + 1} 个输入：它不在计算图中。",
                                   "某处切断了计算图：.detach()、.item()、.data、torch.tensor(...) 重新包装，"
                                   "或者在 NumPy 中计算；也可能这个输入根本没有参与计算。")
-            diff = compare(g, e, dtype, self.tol, case.subgrad.get(i))
+            precise = (lambda k=k: expected.precise_grad(k)) if isinstance(expected, Expected) else None
+            diff = compare(g, e, dtype, self.tol, case.subgrad.get(i), precise)
             if diff:
                 what = f"对第 {i + 1} 个输入的梯度"
                 cause, hint = gradient_cause(diff, case, what, case.subgrad.get(i))
@@ -289,9 +441,10 @@ class GradExercise(Exercise):
     """The student returns a gradient tensor shaped like the first input."""
     kind = runtime_kind = "gradient"
 
-    def expect(self, case):
+    def evaluate_reference(self, case, upcast=False):
         fn = getattr(self.reference, "__wrapped_reference__", self.reference)
-        return fn(*case.args, **case.kwargs), ()
+        cast = _upcast if upcast else (lambda a: a)
+        return fn(*(cast(a) for a in case.args), **{k: cast(v) for k, v in case.kwargs.items()}), ()
 
     def judge(self, case, expected, response, device):
         value, _ = expected
@@ -301,7 +454,7 @@ class GradExercise(Exercise):
         dtype = case.float_dtype()
         got = check_tensor_result(response.get("out", {}), like.shape, dtype, device)
         check_unchanged(response.get("mutated"))
-        diff = compare(got, value, dtype, self.tol, case.subgrad.get(0))
+        diff = compare(got, value, dtype, self.tol, case.subgrad.get(0), getattr(expected, "precise_value", None))
         if diff:
             if not bool(torch.isfinite(got).all()):
                 raise nonfinite_failure(case)
@@ -322,9 +475,10 @@ class ModuleExercise(Exercise):
             return f"传给 check 的应是继承自 nn.Module 的类 {self.func_name}（类本身，而不是实例或函数）。"
         return None
 
-    def expect(self, case):
-        merged = Case(case.name, case.args, {**case.kwargs, **(case.init_kwargs or {})}, case.grad_args)
-        return Exercise.expect(self, merged)
+    def evaluate_reference(self, case, upcast=False):
+        merged = Case(case.name, case.args, {**case.kwargs, **(case.init_kwargs or {})}, case.grad_args,
+                      case.value_only)
+        return Exercise.evaluate_reference(self, merged, upcast)
 
     def request_case(self, case):
         return {**Exercise.request_case(self, case), "init_kwargs": dict(case.init_kwargs or {})}
@@ -374,7 +528,7 @@ class OutcomeExercise(Exercise):
         self.request_fields = tuple(request_fields)
 
     def expect(self, case):
-        return None, ()
+        return Expected(None, ())
 
     def request_case(self, case):
         extra = {k: case.init_kwargs[k] for k in self.request_fields}
