@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -207,24 +208,91 @@ def test_a_character_missing_from_the_subset_is_caught(tmp_path):
     assert any("missing from font" in w for w in report["warnings"])
 
 
+# -- feedback plots of a grading process, with an empty font cache ----------------------
+
+def _empty_cache_env(tmp_path: Path) -> dict:
+    config = tmp_path / "empty-mplconfig"
+    config.mkdir()
+    env = dict(os.environ, MPLCONFIGDIR=str(config), LOSSGRADER_DEVICE="cpu", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.pop("MPLBACKEND", None)
+    return env
+
+
+def _no_missing_glyph(report: dict, output: str) -> None:
+    assert report["cjk_texts"] > 0, "no Chinese text was drawn"
+    assert not report["missing"], "\n".join(
+        f"{m['notebook']}: {m['char']!r} of {m['text']!r} has no glyph in {m['fonts']}" for m in report["missing"])
+    assert not report["warnings"], "\n".join(report["warnings"])
+    assert not re.search(r"Glyph .* missing from font|missing from font\(s\)", output), output[-3000:]
+
+
+def test_first_feedback_plots_of_fresh_grading_threads_have_every_glyph(tmp_path):
+    """A fresh process with an empty MPLCONFIGDIR: four threads draw their first feedback
+    plot at once (the import of matplotlib's font manager, building the cache, releases them
+    together). Each plot's Chinese legend and axis label are drawn with the course subset,
+    and nothing about glyphs reaches stderr. Before the font list was published after the
+    subset's registration, one of them drew in DejaVu Sans with 28 warnings."""
+    report_path = tmp_path / "threads.json"
+    proc = subprocess.run([sys.executable, __file__, "--fresh-threads", str(report_path), "4"],
+                          env=_empty_cache_env(tmp_path), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    assert report["plots"] == 4
+    _no_missing_glyph(report, proc.stdout + proc.stderr)
+    subset = os.path.realpath(os.path.join(REPO, "lossgrader", "fonts", "NotoSansSC-lossgrader-subset.otf"))
+    assert {d["where"] for d in report["drawn"] if subset in d["fonts"]} == {f"grading-{n}" for n in range(4)}
+
+
+def test_autograde_with_an_empty_font_cache_draws_its_first_plots_with_the_course_font(tmp_path):
+    """``lossgrader autograde -j 2`` in a fresh process with an empty MPLCONFIGDIR, on four
+    hand-ins with the sample class's typical mistakes (every failed element-wise loss gets
+    a plot): no feedback plot, the first one included, lacks a glyph, and the instructor's
+    terminal shows no font warning. The course font's first read is made slow, the window in
+    which the other grading thread used to draw its first plot in DejaVu Sans."""
+    from course_copy import copy_course
+
+    aids = ["02_regression", "03_classification"]
+    root = copy_course(tmp_path / "course", aids, exercises=False)
+    for n in (1, 2):
+        for aid in aids:
+            dest = Path(root, "submitted", f"s{n}_{aid[:2]}", aid)
+            dest.mkdir(parents=True)
+            shutil.copy2(REPO / "samples" / "submitted" / "demo_bugs" / aid / f"{aid}.ipynb", dest)
+    report_path = tmp_path / "autograde.json"
+    proc = subprocess.run([sys.executable, __file__, "--grading-process", str(report_path), "2",
+                           "--course", root, "autograde", "-j", "2", "--cell-timeout", "120"],
+                          env=_empty_cache_env(tmp_path), cwd=root, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    _no_missing_glyph(report, proc.stdout + proc.stderr)
+    drawn_by = {d["where"] for d in report["drawn"]}
+    assert len(drawn_by) == 2, drawn_by            # both grading threads drew plots
+    # the feedback plots are in the autograded notebooks
+    pngs = sum(json.dumps(json.loads(p.read_text(encoding="utf-8"))).count("image/png")
+               for p in Path(root, "autograded").rglob("*.ipynb"))
+    assert pngs >= 4
+
+
 # -- the runner (executed in the subprocess) ---------------------------------------------
 
 
-def _runner(report_path: str, notebooks: list[str]) -> None:
+def _record_glyphs(report: dict, label) -> None:
+    """Record in ``report`` every drawn text whose characters lack a glyph in the fonts
+    matplotlib resolves it to (a CJK character must come from the course subset), and
+    matplotlib's font warnings and log messages; ``label()`` names where it was drawn.
+    Patches matplotlib's classes, so it sees every thread of the process."""
     import logging
-    import warnings
 
-    import matplotlib
-    from IPython.core.interactiveshell import InteractiveShell
     from matplotlib import _api, font_manager, ft2font
     from matplotlib.text import Text
 
-    report = {"visible_cjk_fonts": [], "errors": {}, "missing": [], "warnings": [],
-              "texts_checked": 0, "cjk_texts": 0, "seconds": {}}
-    report["visible_cjk_fonts"] = sorted({f.fname for f in font_manager.fontManager.ttflist
-                                          if _has_cjk_glyphs(f.fname)})
+    for key, empty in (("missing", []), ("warnings", []), ("texts_checked", 0), ("cjk_texts", 0),
+                       ("drawn", [])):
+        report.setdefault(key, empty)
     subset_path = os.path.realpath(os.path.join(REPO, "lossgrader", "fonts", "NotoSansSC-lossgrader-subset.otf"))
-    current = {"notebook": None}
     cmaps: dict[str, set] = {}
 
     def cmap(path):
@@ -243,10 +311,11 @@ def _runner(report_path: str, notebooks: list[str]) -> None:
                      font_manager.fontManager._find_fonts_by_props(self.get_fontproperties())]
             if CJK_RE.search(plain):
                 report["cjk_texts"] += 1
+                report["drawn"].append({"where": label(), "text": text, "fonts": fonts})
             for char in sorted(set(plain) - set(" \n\t")):
                 owners = [p for p in fonts if ord(char) in cmap(p)]
                 cjk = CJK_RE.match(char)
-                entry = {"notebook": current["notebook"], "text": text, "char": char, "fonts": fonts}
+                entry = {"notebook": label(), "text": text, "char": char, "fonts": fonts}
                 if (not owners or (cjk and subset_path not in owners)) and entry not in report["missing"]:
                     report["missing"].append(entry)
         return original_draw(self, renderer)
@@ -257,7 +326,7 @@ def _runner(report_path: str, notebooks: list[str]) -> None:
 
     def recording_warn(message, category=None):
         if FONT_MESSAGE_RE.search(str(message)):
-            report["warnings"].append(f"{current['notebook']}: {message}")
+            report["warnings"].append(f"{label()}: {message}")
         return original_warn(message, category)
 
     _api.warn_external = recording_warn
@@ -265,9 +334,24 @@ def _runner(report_path: str, notebooks: list[str]) -> None:
     class Recorder(logging.Handler):
         def emit(self, record):
             if FONT_MESSAGE_RE.search(record.getMessage()):
-                report["warnings"].append(f"{current['notebook']}: [{record.name}] {record.getMessage()}")
+                report["warnings"].append(f"{label()}: [{record.name}] {record.getMessage()}")
 
     logging.getLogger("matplotlib").addHandler(Recorder(level=logging.WARNING))
+
+
+def _runner(report_path: str, notebooks: list[str]) -> None:
+    import warnings
+
+    import matplotlib
+    from IPython.core.interactiveshell import InteractiveShell
+    from matplotlib import font_manager
+
+    report = {"visible_cjk_fonts": [], "errors": {}, "missing": [], "warnings": [],
+              "texts_checked": 0, "cjk_texts": 0, "seconds": {}}
+    report["visible_cjk_fonts"] = sorted({f.fname for f in font_manager.fontManager.ttflist
+                                          if _has_cjk_glyphs(f.fname)})
+    current = {"notebook": None}
+    _record_glyphs(report, lambda: current["notebook"])
 
     shell = InteractiveShell.instance()
     import matplotlib.pyplot as plt
@@ -294,5 +378,68 @@ def _runner(report_path: str, notebooks: list[str]) -> None:
     Path(report_path).write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
+def _fresh_threads(report_path: str, threads: int) -> None:
+    """A fresh process: ``check()`` finds the same typical BCE mistake ``threads`` times,
+    then as many threads draw their reports' feedback plots at once, as the grading
+    threads of ``lossgrader autograde -j N`` draw their first ones."""
+    import threading
+
+    import torch
+
+    from lossgrader import check
+
+    def bce_without_the_negative_class(probs, target):     # demo_bugs' BCE: the (1 - y) term left out
+        return -(target * torch.log(probs)).mean()
+
+    reports = [check("bce", bce_without_the_negative_class, device="cpu") for _ in range(threads)]
+    assert all(r.plot is not None for r in reports), "no feedback plot to draw"
+    assert "matplotlib.font_manager" not in sys.modules      # nothing touched the fonts before the threads
+    report: dict = {}
+    _record_glyphs(report, lambda: threading.current_thread().name)
+    barrier = threading.Barrier(threads)
+    pages = {}
+
+    def draw(n):
+        barrier.wait()
+        pages[n] = reports[n]._repr_html_()
+
+    workers = [threading.Thread(target=draw, args=(n,), name=f"grading-{n}") for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    report["plots"] = sum("data:image/png;base64," in page for page in pages.values())
+    Path(report_path).write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def _grading_process(report_path: str, slow_seconds: float, argv: list[str]) -> int:
+    """``lossgrader`` itself (lossgrader.cli.main(argv)) with the glyph recorder, and the
+    course font's first read made ``slow_seconds`` slower (a cold disk, a network home):
+    the time in which a second grading thread used to draw its first plot without it."""
+    import atexit
+    import threading
+
+    from matplotlib import font_manager
+
+    report: dict = {}
+    _record_glyphs(report, lambda: threading.current_thread().name)
+    original_addfont = font_manager.FontManager.addfont
+
+    def slow_addfont(self, path):
+        time.sleep(slow_seconds)
+        return original_addfont(self, path)
+
+    font_manager.FontManager.addfont = slow_addfont
+    atexit.register(lambda: Path(report_path).write_text(json.dumps(report, ensure_ascii=False, indent=1),
+                                                         encoding="utf-8"))
+    from lossgrader.cli import main
+    return main(argv)
+
+
 if __name__ == "__main__":
-    _runner(sys.argv[1], sys.argv[2:])
+    if sys.argv[1] == "--fresh-threads":
+        _fresh_threads(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1] == "--grading-process":
+        sys.exit(_grading_process(sys.argv[2], float(sys.argv[3]), sys.argv[4:]))
+    else:
+        _runner(sys.argv[1], sys.argv[2:])
