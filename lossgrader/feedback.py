@@ -11,16 +11,21 @@ read must be Chinese, work without network and be safe to open:
 
 The preprocessors live one per file in ``lossgrader/preprocessors/`` and the HTML cleaning
 in ``lossgrader/sanitize.py``; ``FEEDBACK_PREPROCESSORS`` below is their order.
-* **Offline.** Formulas are typeset by the MathJax copy shipped in the package
-  (``static/mathjax/``), installed once as ``feedback/_static/`` and loaded from each page by
-  a relative path; no page refers to a CDN, and remote images (the Colab badge of the first
-  cell) are replaced by text.
+* **One file, offline.** Each page is self-contained: its CSS is inlined, its images are
+  embedded, and its formulas are typeset when the page is written (``lossgrader.mathml``:
+  TeX to MathML, which browsers draw natively), so a page attached to a message or opened
+  from a download folder reads the same as in the course folder; no page loads a script,
+  a file beside it or anything from the network, and remote images (the Colab badge of
+  the first cell) are replaced by text.
+* **The instructor's word.** A score given by hand in nbgrader's formgrader is shown as
+  the instructor's, with the automatic score beside it; comments are rendered markdown
+  with their formulas typeset.
 * **Safe.** Nothing a hand-in produces runs as script when the page is opened:
   ``SanitizeOutputs`` keeps one representation per output (escaped text, HTML cleaned by
   ``nh3``, an SVG shown through ``<img>``, a PNG/JPEG whose base64 was checked), drops
   JavaScript and widgets, and the template cleans markdown with the same allowlist
   (``clean_html``). The grader's report in a test cell passes that allowlist unchanged. A
-  Content-Security-Policy lets the page run only the scripts of its own folder.
+  Content-Security-Policy runs no script at all and loads nothing but embedded images.
 * **Bounded.** ``LimitPageSize`` cuts the largest outputs (then overlong sources, then
   ungraded cells, the grader's reports last) until the page fits ``max_page_bytes``
   (2 MB unless configured: ``c.LimitPageSize.max_page_bytes`` in nbgrader_config.py) and
@@ -31,11 +36,9 @@ A hand-in that could not be autograded gets a page saying why (``render_failed``
 """
 from __future__ import annotations
 
-import filecmp
 import glob
 import html
 import os
-import shutil
 import sys
 import time
 
@@ -49,9 +52,6 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 TEMPLATES_DIR = os.path.join(PACKAGE_DIR, "templates")
 TEMPLATE_NAME = "lossgrader_feedback"
 TEMPLATE_DIR = os.path.join(TEMPLATES_DIR, TEMPLATE_NAME)
-MATHJAX_DIR = os.path.join(PACKAGE_DIR, "static", "mathjax")
-MATHJAX_CONFIG = "lossgrader-mathjax-config.js"
-STATIC_DIRNAME = "_static"            # feedback/_static/: the one MathJax copy every page shares
 
 FEEDBACK_PREPROCESSORS = [
     "nbgrader.preprocessors.GetGrades",
@@ -80,7 +80,8 @@ def configure(cfg):
     cfg.HTMLExporter.template_name = TEMPLATE_NAME
     cfg.HTMLExporter.extra_template_basedirs = [TEMPLATES_DIR]
     cfg.HTMLExporter.filters = {"lossgrader_clean": "lossgrader.sanitize.clean_html",
-                                "lossgrader_base64": "lossgrader.sanitize.clean_base64"}
+                                "lossgrader_base64": "lossgrader.sanitize.clean_base64",
+                                "lossgrader_math": "lossgrader.mathml.render_math"}
     cfg.GenerateFeedback.preprocessors = list(FEEDBACK_PREPROCESSORS)
     return cfg
 
@@ -98,8 +99,7 @@ class PageRenderer:
             self.exporter.register_preprocessor(import_item(name)(config=cfg), enabled=True)
         self.max_page_bytes = int(cfg.LimitPageSize.get("max_page_bytes", DEFAULT_MAX_PAGE_BYTES))
 
-    def render(self, nb_path, student, assignment, static_prefix="../../_static/", max_page_bytes=None,
-               assignment_notebook=None):
+    def render(self, nb_path, student, assignment, max_page_bytes=None, assignment_notebook=None):
         """The page's HTML; never larger than max_page_bytes (encoded as UTF-8).
 
         assignment_notebook: the instructor's notebook (solutions/); its cells are the last
@@ -117,8 +117,8 @@ class PageRenderer:
             resources = {"unique_key": notebook,
                          "nbgrader": {"student": student, "assignment": assignment,
                                       "notebook": notebook, "db_url": self.db_url},
-                         "lossgrader": {"static": static_prefix, "max_page_bytes": limit,
-                                        "budget_fraction": fraction, "assignment_sources": own}}
+                         "lossgrader": {"max_page_bytes": limit, "budget_fraction": fraction,
+                                        "assignment_sources": own}}
             body, _ = self.exporter.from_notebook_node(nbformat.from_dict(source), resources=resources)
             size = len(body.encode("utf-8"))
             if size <= limit:
@@ -182,24 +182,6 @@ def render_failed(assignment, student, max_score, reason, heading="自动评分�
 # The feedback step
 # --------------------------------------------------------------------------------------
 
-def install_static(feedback_root) -> str:
-    """Copy MathJax and its configuration into feedback/_static/ (once; refreshed when the
-    package's copy changed). Returns that folder."""
-    dest = os.path.join(feedback_root, STATIC_DIRNAME)
-    files = {os.path.join("mathjax", name): os.path.join(MATHJAX_DIR, name)
-             for name in ("tex-svg-full.js", "LICENSE")}
-    files[MATHJAX_CONFIG] = os.path.join(TEMPLATE_DIR, MATHJAX_CONFIG)
-    for rel, src in files.items():
-        target = os.path.join(dest, rel)
-        if os.path.isfile(target) and filecmp.cmp(src, target, shallow=False):
-            continue
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp = target + ".tmp"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, target)
-    return dest
-
-
 def _write(path, text):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
@@ -239,7 +221,7 @@ def _max_score(root, assignment):
 def feedback(root, only_assignments=None, only_students=None, progress=True, stream=None,
              max_page_bytes=None):
     """Write feedback/<student>/<assignment>/<notebook>.html for every hand-in in submitted/
-    (or the selected ones) and feedback/_static/ (MathJax). Returns the pages written."""
+    (or the selected ones); each page is one self-contained file. Returns the pages written."""
     from nbgrader.coursedir import CourseDirectory
 
     root = os.path.abspath(root)
@@ -249,8 +231,6 @@ def feedback(root, only_assignments=None, only_students=None, progress=True, str
     db_url = coursedir.db_url
     status = course.read_status(root)
     pairs = _submissions(root, coursedir, only_assignments, only_students)
-    feedback_root = os.path.join(root, coursedir.feedback_directory)
-    static_dir = install_static(feedback_root)
     renderer = None
     stream = stream or sys.stderr
     written = []
@@ -261,7 +241,6 @@ def feedback(root, only_assignments=None, only_students=None, progress=True, str
         autograded = coursedir.format_path(coursedir.autograded_directory, student, aid)
         source = coursedir.format_path(coursedir.source_directory, ".", aid)
         names = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(source, "*.ipynb")))
-        prefix = os.path.relpath(static_dir, dest_dir).replace(os.sep, "/") + "/"
         for name in names:
             path = os.path.join(dest_dir, name + ".html")
             nb_path = os.path.join(autograded, name + ".ipynb")
@@ -272,7 +251,7 @@ def feedback(root, only_assignments=None, only_students=None, progress=True, str
             else:
                 renderer = renderer or PageRenderer(cfg, db_url)
                 try:
-                    page = renderer.render(nb_path, student, aid, prefix, max_page_bytes,
+                    page = renderer.render(nb_path, student, aid, max_page_bytes,
                                            assignment_notebook=os.path.join(source, name + ".ipynb"))
                 except Exception as exc:
                     raise RuntimeError(f"feedback for {student}/{aid}/{name} failed: "

@@ -405,8 +405,8 @@ def _other_files_kept(dest):
 class FeedbackExporter(HTMLExporter):
     """nbgrader generate_feedback's exporter on this course: the page is the one ``lossgrader
     feedback`` writes for the hand-in (``lossgrader.feedback.feedback``, called for this
-    student and assignment: its template, preprocessors and size cap, MathJax in
-    feedback/_static/, the failure page of a hand-in that could not be graded).
+    student and assignment: its template, preprocessors and size cap, formulas typeset
+    as MathML in the page, the failure page of a hand-in that could not be graded).
     nbgrader's template and preprocessors, which show the hidden tests, are not used."""
 
     def from_notebook_node(self, nb, resources=None, **kw):

@@ -1,13 +1,17 @@
 """The feedback page a student gets back, opened in headless Chromium with only localhost
-reachable: Chinese frame, formulas typeset by the shared local MathJax, no console error,
-no request to another host; and a hostile hand-in's page runs none of its script and stays
-under the size cap. Also: the in-notebook report reads well on dark themes.
+reachable: one self-contained file (formulas typeset as MathML when the page is written,
+no script, nothing beside it), Chinese frame, no console error, no request to another
+host; the same page attached on its own reads the same; a score given by hand is shown
+as the instructor's with the automatic one beside it, and the comment's TeX is typeset;
+a hostile hand-in's page runs none of its script and stays under the size cap. Also: the
+in-notebook report follows JupyterLab's and Colab's dark themes.
 
-The course is a temporary copy holding 02_regression, the three sample students and one
-attacker, graded by plain nbgrader (the grading pipeline is tested elsewhere; feedback only
-needs the gradebook rows and autograded/<student>/<id>/<id>.ipynb). Each defence is tested
-with the attack it stops; removing it makes its test fail (checked by hand once: identity
-clean_html, no CSP meta, no LimitPageSize).
+The course is a temporary copy holding 02_regression, the three sample students, one
+whose hand-in got a manual grade and a comment, and one attacker, graded by plain
+nbgrader (the grading pipeline is tested elsewhere; feedback only needs the gradebook rows
+and autograded/<student>/<id>/<id>.ipynb). Each defence is tested with the attack it
+stops; removing it makes its test fail (checked by hand once: identity clean_html, no CSP
+meta, no LimitPageSize, no lossgrader_math filter, no manual-score lookup).
 """
 from __future__ import annotations
 
@@ -40,6 +44,11 @@ if not find_chromium():
 A = "02_regression"
 SAMPLES = ("demo_full", "demo_bugs", "demo_unfinished")
 ATTACKER = "x_attack"
+#: demo_bugs's hand-in again, graded by hand afterwards (MANUAL) with a comment holding TeX
+GRADED_BY_HAND = "x_manual"
+MANUAL = {"test_mae_grad": 0.5}
+COMMENT = ("梯度的方向是对的，但少了 $\\frac{1}{n}$：应为 $$\\frac{\\partial L}{\\partial \\hat{y}_i} = "
+           "\\frac{1}{n}\\operatorname{sign}(\\hat{y}_i - y_i)$$")
 HUGE = 20_000_000
 #: where the screenshots go (a temporary folder unless LOSSGRADER_SCREENSHOTS names one)
 SHOTS = os.environ.get("LOSSGRADER_SCREENSHOTS")
@@ -85,7 +94,7 @@ PWNED_JS = "[window.__pwned === undefined ? null : window.__pwned, document.titl
 MARKDOWN_TEXT_JS = r"""
 (() => Array.from(document.querySelectorAll(".text_cell")).map((cell) => {
   const clone = cell.cloneNode(true);
-  clone.querySelectorAll("pre, code, script, style, mjx-container").forEach((e) => e.remove());
+  clone.querySelectorAll("pre, code, script, style, math").forEach((e) => e.remove());
   return clone.textContent;
 }).join("\n"))()
 """
@@ -143,10 +152,24 @@ def course(tmp_path_factory):
         shutil.copytree(ROOT / "samples" / "submitted" / student / A, root / "submitted" / student / A)
     (root / "submitted" / ATTACKER / A).mkdir(parents=True)
     (root / "submitted" / ATTACKER / A / f"{A}.ipynb").write_text(_attack_notebook(), encoding="utf-8")
-    _nbgrader_autograde(root, SAMPLES + (ATTACKER,))
+    shutil.copytree(ROOT / "samples" / "submitted" / "demo_bugs" / A, root / "submitted" / GRADED_BY_HAND / A)
+    _nbgrader_autograde(root, SAMPLES + (ATTACKER, GRADED_BY_HAND))
+    _grade_by_hand(root, GRADED_BY_HAND, MANUAL, {"answer_mae_grad": COMMENT})
     written = fb.feedback(str(root), progress=False)
-    assert len(written) == len(SAMPLES) + 1
+    assert len(written) == len(SAMPLES) + 2
     return root
+
+
+def _grade_by_hand(root: Path, student, scores, comments):
+    """What the formgrader stores when the instructor types a score or a comment."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook("sqlite:///" + str(root / "gradebook.db")) as gb:
+        for grade_id, score in scores.items():
+            gb.find_grade(grade_id, A, A, student).manual_score = score
+        for grade_id, text in comments.items():
+            gb.find_comment(grade_id, A, A, student).manual_comment = text
+        gb.db.commit()
 
 
 @pytest.fixture(scope="module")
@@ -183,16 +206,20 @@ def _titles():
 
 # ------------------------------------------------------------------------ the sample class
 
-def test_one_mathjax_copy_for_all_pages(course):
-    static = course / "feedback" / "_static"
-    assert (static / "mathjax" / "tex-svg-full.js").stat().st_size > 1_000_000
-    assert (static / "mathjax" / "LICENSE").is_file()
-    copies = list((course / "feedback").rglob("tex-svg-full.js"))
-    assert copies == [static / "mathjax" / "tex-svg-full.js"]
-    for student in SAMPLES:
+def test_every_page_is_one_file(course):
+    """Nothing is written beside the pages (no shared MathJax copy), and a page refers to no
+    other file: its style is inline, its images are data: URIs, its formulas MathML."""
+    assert sorted(p.name for p in (course / "feedback").iterdir()) == sorted(SAMPLES + (ATTACKER, GRADED_BY_HAND))
+    assert not list((course / "feedback").rglob("*.js"))
+    for student in SAMPLES + (GRADED_BY_HAND,):
         page = _page(course, student).read_text(encoding="utf-8")
-        assert 'src="../../_static/mathjax/tex-svg-full.js"' in page
-        assert 'src="../../_static/lossgrader-mathjax-config.js"' in page
+        tags = _Markup(page).tags
+        assert not [t for t, _ in tags if t == "script"]
+        refs = [(t, k, v) for t, a in tags for k, v in a.items() if k in ("src", "href", "data") and v]
+        local = [r for r in refs if not re.match(r"(?i)(data:|#|https?://|mailto:)", r[2])]
+        assert not local, local                    # no ../../_static/..., no file beside the page
+        assert "script-src 'none'" in page and "'self'" not in page
+        assert page.count("<math") >= 15 and "$$" not in page.split("<annotation")[0]
 
 
 @pytest.mark.parametrize("student", SAMPLES)
@@ -216,7 +243,7 @@ def test_sample_page_in_an_offline_browser(course, browser, shots, student):
         browser.clear_events()
         browser.open(server.base_url + f"{student}/{A}/{A}.html")
         problems = browser.problems()
-        math = browser.evaluate("document.querySelectorAll('.text_cell mjx-container svg').length")
+        math = browser.evaluate(MATH_LAYOUT_JS)
         text = browser.evaluate(MARKDOWN_TEXT_JS)
         frame = browser.evaluate(FRAME_TEXT_JS)
         body = browser.evaluate("document.body.innerText")
@@ -224,7 +251,7 @@ def test_sample_page_in_an_offline_browser(course, browser, shots, student):
         broken = browser.evaluate(BROKEN_IMAGES_JS)
         browser.screenshot(shots / f"feedback_{student}.png")
     assert not problems, problems
-    assert math >= 15, f"only {math} formulas typeset"
+    assert math["math"] >= 15 and math["stacked"] == math["fractions"] > 0, math
     for raw in ("$$", "\\frac", "\\(", "\\[", "\\begin{"):
         assert raw not in text, f"raw TeX {raw!r} left in the text"
     assert not re.search(r"\\[A-Za-z]+", text), re.search(r"\\[A-Za-z]+", text)
@@ -242,13 +269,41 @@ def test_sample_page_in_an_offline_browser(course, browser, shots, student):
     assert (shots / f"feedback_{student}.png").stat().st_size > 50_000
 
 
-def test_page_opened_from_disk(course, browser):
-    """A student may just double-click the file: the relative MathJax path and the CSP's
-    'self' work for file:// pages as well."""
-    browser.clear_events()
-    browser.open(_page(course, "demo_unfinished").as_uri())
-    assert browser.evaluate("document.querySelectorAll('.text_cell mjx-container svg').length") >= 15
-    assert not browser.problems(), browser.problems()
+#: How the formulas are drawn: MathML laid out by the browser (a fraction's numerator above
+#: its denominator, not a line of text), and the TeX that is left as text.
+MATH_LAYOUT_JS = r"""
+(() => {
+  const fractions = Array.from(document.querySelectorAll("mfrac"));
+  const stacked = fractions.filter((f) => f.children.length === 2 &&
+      f.children[0].getBoundingClientRect().bottom <= f.children[1].getBoundingClientRect().top + 1 &&
+      f.getBoundingClientRect().height > 0);
+  return {math: document.querySelectorAll("math").length, fractions: fractions.length, stacked: stacked.length};
+})()
+"""
+
+
+def test_page_attached_on_its_own(course, browser, shots, tmp_path):
+    """A page mailed or attached in an LMS arrives alone: opened from a folder with nothing
+    else in it, it reads the same as in the course folder (same text, same formulas, no
+    failed load), and so it does double-clicked where it was written."""
+    alone = tmp_path / "下载"
+    alone.mkdir()
+    shutil.copy(_page(course, GRADED_BY_HAND), alone / "反馈.html")
+    seen = {}
+    for name, url in (("course", _page(course, GRADED_BY_HAND).as_uri()), ("alone", (alone / "反馈.html").as_uri())):
+        browser.clear_events()
+        browser.open(url)
+        seen[name] = {"text": browser.evaluate("document.body.innerText"), "layout": browser.evaluate(MATH_LAYOUT_JS),
+                      "markdown": browser.evaluate(MARKDOWN_TEXT_JS), "problems": browser.problems(),
+                      "height": browser.evaluate("document.documentElement.scrollHeight")}
+    browser.evaluate("document.querySelector('#lg-test_mae_grad').scrollIntoView()")
+    browser.page.screenshot(path=str(shots / "feedback_alone.png"))
+    assert seen["alone"] == seen["course"]
+    alone_seen = seen["alone"]
+    assert not alone_seen["problems"], alone_seen["problems"]
+    assert alone_seen["layout"]["math"] >= 15 and alone_seen["layout"]["stacked"] == alone_seen["layout"]["fractions"] > 0
+    for raw in ("$$", "\\frac", "\\(", "\\[", "\\begin{"):
+        assert raw not in alone_seen["markdown"], f"raw TeX {raw!r} left in the text"
 
 
 def test_every_test_cell_is_listed_with_its_score(course):
@@ -266,6 +321,52 @@ def test_every_test_cell_is_listed_with_its_score(course):
         assert text == f"{round(score, 2):g} / {round(max_score, 2):g}"
         assert f'id="{anchor}"' in page
         assert state == ("full" if score == max_score else "partial" if score else "zero")
+
+
+def test_a_score_given_by_hand_is_the_instructors(course, browser):
+    """After a manual grade the page says so everywhere the score is shown: the total, the
+    table of contents and the cell (the instructor's score, the automatic one beside it, and
+    a note over the grader's report, which still shows the automatic score); the comment's
+    TeX is typeset."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook("sqlite:///" + str(course / "gradebook.db")) as gb:
+        grade = gb.find_grade("test_mae_grad", A, A, GRADED_BY_HAND)
+        auto, manual, points = grade.auto_score, grade.manual_score, grade.max_score
+        total, max_total = gb.find_submission(A, GRADED_BY_HAND).score, gb.find_submission(A, GRADED_BY_HAND).max_score
+        auto_total = sum(g.auto_score or 0 for g in gb.find_submission_notebook(A, A, GRADED_BY_HAND).grades)
+    assert manual == MANUAL["test_mae_grad"] and 0 < auto < manual
+
+    def num(x):
+        return f"{round(x, 2):g}"
+
+    browser.clear_events()
+    browser.open(_page(course, GRADED_BY_HAND).as_uri())
+    found = browser.evaluate(r"""(() => {
+      const text = (sel) => { const e = document.querySelector(sel); return e ? e.innerText : null; };
+      const comment = document.querySelector("#lg-answer_mae_grad .lg-comment");
+      return {total: text(".lg-total"), summary: text(".lg-manual-summary"),
+              toc: Array.from(document.querySelectorAll(".lg-toc li")).map((li) => li.innerText),
+              head: text("#lg-test_mae_grad .lg-panel-head"), note: text("#lg-test_mae_grad .lg-manual-note"),
+              card: text("#lg-test_mae_grad .lossgrader-report"), comment: comment.innerText,
+              commentMath: comment.querySelectorAll("math").length,
+              commentTex: Array.from(comment.querySelectorAll("annotation")).map((a) => a.textContent)};
+    })()""")
+    assert not browser.problems(), browser.problems()
+    assert found["total"] == f"得分 {num(total)} / {num(max_total)}"
+    assert found["summary"] == f"其中 1 题的得分由教师人工评定（自动评分合计 {num(auto_total)} / {num(max_total)}）。"
+    from lossgrader.exercises import EXERCISES
+    mae_grad = [item for item in found["toc"] if f"测试：{EXERCISES['mae_grad'].title}" in item]
+    assert len(mae_grad) == 1 and mae_grad[0].endswith(f"{num(manual)} / {num(points)}（教师评分）"), found["toc"]
+    assert sum("教师评分" in item for item in found["toc"]) == 1
+    assert f"教师评分 {num(manual)} / {num(points)}" in found["head"]
+    assert f"自动评分 {num(auto)} / {num(points)}" in found["head"]
+    assert found["note"].startswith(f"这一题的得分由教师人工评定为 {num(manual)} / {num(points)}")
+    assert f"（{num(auto)} / {num(points)}）" in found["note"]
+    assert f"得分 {auto:g} / {points:g}" in found["card"]          # the grader's report is the automatic one
+    assert re.sub(r"\s+", "", found["comment"]).startswith("教师评语：梯度的方向是对的") and found["commentMath"] == 2
+    assert "\\frac" not in found["comment"] and "$" not in found["comment"]
+    assert found["commentTex"][0] == "\\frac{1}{n}"
 
 
 # ------------------------------------------------------------------------ the attacker
@@ -311,8 +412,7 @@ class _Markup(HTMLParser):
 def test_attack_page_carries_no_markup_of_the_hand_in(course):
     tags = _Markup(_page(course, ATTACKER).read_text(encoding="utf-8")).tags
     scripts = [a.get("src") for t, a in tags if t == "script"]
-    # MathJax's configuration and MathJax, from feedback/_static/: nothing else
-    assert scripts == ["../../_static/lossgrader-mathjax-config.js", "../../_static/mathjax/tex-svg-full.js"]
+    assert scripts == []                                                  # not even our own
     handlers = [(t, k) for t, a in tags for k in a if k.lower().startswith("on")]
     assert not handlers, handlers
     urls = [v for t, a in tags for k, v in a.items() if k in ("href", "src") and v]
@@ -361,11 +461,11 @@ def test_csp_stops_a_script_the_sanitiser_would_miss(course, browser, monkeypatc
         browser.evaluate("new Promise((r) => setTimeout(r, 500))")
         pwned, _ = browser.evaluate(PWNED_JS)
         problems = browser.problems()
-        typeset = browser.evaluate("document.querySelectorAll('mjx-container').length")
+        typeset = browser.evaluate("document.querySelectorAll('math').length")
     shutil.rmtree(course / "feedback" / "unsanitised")
     assert pwned is None
     assert any("Content Security Policy" in p for p in problems), problems
-    assert typeset > 0                                              # our own scripts still ran
+    assert typeset > 0                                              # the page's formulas are still there
 
 
 def test_size_cap_is_configurable(course):
