@@ -844,3 +844,112 @@ def test_reference_expectations_are_finite(ex_id):
             assert len(grads) == len(case.grad_args)
         for i, g in zip(case.grad_args, grads):
             assert g.shape == case.args[i].shape and torch.isfinite(g).all(), f"{ex_id} {case.name!r}: grad {i}"
+
+
+# =========================================================================== kinks
+# Every kink of every reference, found by probing, carries its subgradient range: at an element
+# where the one-sided derivatives of the loss differ, the case's SubgradientRange must cover the
+# element and contain both one-sided derivatives (docs/grader.md: any valid subgradient at a
+# kink gets full marks), and the reference's own gradient must lie in it too.
+_LOSS_OF_GRADIENT = {"mse_grad": ref.mse_loss, "mae_grad": ref.mae_loss, "bce_logits_grad": ref.bce_with_logits,
+                     "cross_entropy_grad": ref.cross_entropy}
+KINK_STEP = 1e-6
+
+
+def _loss_of(ex):
+    fn = _LOSS_OF_GRADIENT.get(ex.id, ex.reference)
+    return getattr(fn, "__wrapped_reference__", fn)
+
+
+def _one_sided(ex, case):
+    """{input index: (left, right) derivatives} of the loss, by one-sided differences in float64."""
+    fn = _loss_of(ex)
+    up = lambda a: a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a  # noqa: E731
+    args = [up(a) for a in case.args]
+    kwargs = {k: up(v) for k, v in {**case.kwargs, **(case.init_kwargs or {})}.items()}
+    inputs = case.grad_args or ((0,) if ex.kind == "gradient" else ())
+    out = {}
+    with torch.no_grad():
+        f0 = float(fn(*args, **kwargs))
+        for i in inputs:
+            flat = args[i].reshape(-1)
+            left, right = torch.empty(flat.numel(), dtype=D), torch.empty(flat.numel(), dtype=D)
+            for j in range(flat.numel()):
+                for sign, into in ((1, right), (-1, left)):
+                    moved = flat.clone()
+                    moved[j] += sign * KINK_STEP
+                    probe = list(args)
+                    probe[i] = moved.reshape(args[i].shape)
+                    into[j] = sign * (float(fn(*probe, **kwargs)) - f0) / KINK_STEP
+            out[i] = (left.reshape(args[i].shape), right.reshape(args[i].shape))
+    return out
+
+
+def _kinks(ex, case):
+    """[(input index, kink mask, left, right)] where the one-sided derivatives differ."""
+    found = []
+    for i, (left, right) in _one_sided(ex, case).items():
+        scale = max(float(left.abs().max()), float(right.abs().max()), 1e-12)
+        mask = (left - right).abs() > 1e-3 * scale + 1e-7
+        if bool(mask.any()):
+            found.append((i, mask, left, right))
+    return found
+
+
+KINKED = sorted(ex_id for ex_id, row in REGISTRY.items() if row[4] in ("loss", "gradient", "module")
+                and ex_id != "numerical_grad")
+
+
+@pytest.mark.parametrize("ex_id", KINKED)
+def test_every_kink_carries_its_subgradient_range(ex_id):
+    ex = EXERCISES[ex_id]
+    cases, expectations = ex.cases(None, hidden=True)
+    for case, expected in zip(cases, expectations):
+        if case.value_only:
+            continue
+        for i, mask, left, right in _kinks(ex, case):
+            where = f"{ex_id} {case.name!r} input {i}"
+            sub = case.subgrad.get(0 if ex.kind == "gradient" else i)
+            assert sub is not None, f"{where}: {int(mask.sum())} kinks and no subgradient range"
+            assert bool(sub.mask[mask].all()), f"{where}: kinks outside the range's mask"
+            slack = 1e-6 * max(float(sub.hi.abs().max()), 1.0)
+            lo, hi = torch.minimum(left, right), torch.maximum(left, right)
+            assert bool((sub.lo.double()[mask] <= lo[mask] + slack).all()), f"{where}: left/right below the range"
+            assert bool((hi[mask] <= sub.hi.double()[mask] + slack).all()), f"{where}: left/right above the range"
+            ref_grad = expected[0] if ex.kind == "gradient" else expected[1][case.grad_args.index(i)]
+            ref_grad = ref_grad.double()
+            inside = (ref_grad >= sub.lo.double() - slack) & (ref_grad <= sub.hi.double() + slack)
+            assert bool(inside[mask].all()), f"{where}: the reference's own gradient is outside the range"
+
+
+def test_the_kink_probe_finds_the_known_kinks():
+    """Control for the enumeration: it finds the kinks the cases are built around, box IoU at
+    identical boxes included, and nothing in a smooth case."""
+    expect = {"mae": "部分残差恰好为 0", "contrastive": "两点重合", "triplet": "锚点与正样本重合",
+              "box_iou": "完全相同的框", "mae_grad": "部分残差恰好为 0"}
+    for ex_id, name in expect.items():
+        ex = EXERCISES[ex_id]
+        case = next(c for c in ex.cases(None)[0] if name in c.name)
+        assert _kinks(ex, case), f"{ex_id} {name}: no kink found"
+    smooth = EXERCISES["mse"].cases(None)[0][0]
+    assert not _kinks(EXERCISES["mse"], smooth)
+
+
+def test_one_sided_box_iou_forms_pass_at_identical_boxes():
+    """torch.where(p > t, p, t) and torch.max give one-sided subgradients at identical boxes:
+    both valid, both full marks (they lost the case before it carried its range)."""
+    def one_sided(pred, target, pick):
+        lt = pick(pred[:, :2], target[:, :2], True)
+        rb = pick(pred[:, 2:], target[:, 2:], False)
+        wh = (rb - lt).clamp(min=0)
+        inter = wh[:, 0] * wh[:, 1]
+        area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+        return (1 - inter / (area(pred) + area(target) - inter)).mean()
+    picks = {
+        "where strict": lambda a, b, hi: torch.where(a > b, a, b) if hi else torch.where(a < b, a, b),
+        "where to pred": lambda a, b, hi: torch.where(a >= b, a, b) if hi else torch.where(a <= b, a, b),
+    }
+    for name, pick in picks.items():
+        report = lossgrader.check("box_iou", lambda p, t, pick=pick: one_sided(p, t, pick), points=2, device="cpu",
+                                  hidden=True)
+        assert report.passed, f"{name}:\n{report}"

@@ -769,13 +769,25 @@ def _boxes(r: Rand, n, dtype, disjoint_rows=()):
     return pred, torch.cat([txy, txy + twh], dim=1)
 
 
+def _identical_box_subgrad(boxes):
+    """At pred == target the loss 1 − IoU is at its minimum, a kink: moving x1 (or x2) either
+    way raises it at rate 1/w (shrinking loses intersection, growing adds union), so any
+    value in [−1/(N·w), 1/(N·w)] is a valid subgradient for the x coordinates, 1/(N·h) for y."""
+    n = boxes.shape[0]
+    w = (boxes[:, 2] - boxes[:, 0]).unsqueeze(1)
+    h = (boxes[:, 3] - boxes[:, 1]).unsqueeze(1)
+    bound = torch.cat([1 / (n * w), 1 / (n * h), 1 / (n * w), 1 / (n * h)], dim=1).to(boxes.dtype)
+    return SubgradientRange(torch.ones_like(boxes, dtype=torch.bool), -bound, bound)
+
+
 def _box_cases(r: Rand, hidden: bool):
+    same = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 4.0, 3.0]])
     cases = [Case("N=6 个重叠的框 float32", _boxes(r, 6, torch.float32), grad_args=(0,)),
              Case("N=5 float64", _boxes(r, 5, torch.float64), grad_args=(0,)),
              Case("含不相交的框（IoU=0）", _boxes(r, 4, torch.float32, disjoint_rows=(1, 3)), grad_args=(0,),
                   tags=frozenset({"edge"})),
-             Case("完全相同的框（IoU=1）", (torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 4.0, 3.0]]),) * 2,
-                  grad_args=(0,))]
+             Case("完全相同的框（IoU=1，不可导点）", (same, same.clone()), grad_args=(0,),
+                  subgrad={0: _identical_box_subgrad(same)}, tags=frozenset({"edge"}))]
     if hidden:
         cases.append(Case("N=32 float32", _boxes(r, 32, torch.float32, disjoint_rows=(0, 5)), grad_args=(0,)))
         cases.append(Case("一个框包含另一个", (torch.tensor([[0.0, 0.0, 4.0, 4.0]], dtype=torch.float64),
