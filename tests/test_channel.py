@@ -379,3 +379,22 @@ def test_a_forbidden_built_in_named_in_the_source_never_scores_on_the_process_wo
     status, (_, _, scores) = _grades(root)["builtin"]
     assert scores["test_mse"] == 0.0 and status == "needs manual grading"
     assert sum(scores.values()) == 5.0                                 # the other cells: their points
+
+
+class _Planted:
+    """Unpickled with anything but weights_only, this makes a folder (any call would run)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_a_response_that_would_run_code_when_unpickled_is_refused(tmp_path):
+    request, response = _honest()
+    marker = tmp_path / "ran-on-the-trusted-side"
+    data = channel.encode({**response, "cases": [{**response["cases"][0], "out": _Planted(str(marker))}]})
+    loaded, why = channel.load(data, request)
+    assert loaded is None and "unreadable" in why
+    assert not marker.exists()
