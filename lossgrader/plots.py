@@ -74,5 +74,5 @@ def draw(xs, expected, got, xlabel) -> str:
     ax.legend(prop=font)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", transparent=True)   # the card's (theme's) background shows through
     return base64.b64encode(buf.getvalue()).decode("ascii")

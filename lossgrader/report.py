@@ -90,25 +90,28 @@ class Report:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        # A light card that sets its own text colour on every box: in a dark theme
-        # (JupyterLab, Colab) the notebook's light text would otherwise land on the
-        # report's light backgrounds, and the theme's table stripes under dark text.
+        # The card takes its text and background from the notebook's theme (Colab's and
+        # JupyterLab's CSS variables; light colours where there are none, e.g. on a feedback
+        # page) and mixes every other colour from those two, so it reads the same in light
+        # and dark themes. Every box that paints a background sets its text colour too.
         ok = self.passed
-        color = "#1a7f37" if ok else ("#9a6700" if self.score > 0 else "#cf222e")
+        state = "pass" if ok else ("warn" if self.score > 0 else "fail")
         title = html.escape(self.exercise.title)
-        head = (f'<div class="lossgrader-report" style="{_CARD}border-left:6px solid {color};'
+        head = (f'<div class="lossgrader-report" style="{_THEME}{_CARD}border-left:6px solid {_ACCENT[state]};'
                 f'border-radius:6px;padding:10px 14px;margin:6px 0;font-family:sans-serif;font-size:14px;">'
+                f'{_DARK_PLOT_STYLE}'
                 f'<div style="font-size:15px;margin-bottom:6px;color:{_TEXT};"><b>{title}</b> '
                 f'<code style="{_CODE}">{html.escape(self.exercise.id)}</code> — '
-                f'<b style="color:{color}">得分 {self.score:g} / {self.points:g}</b>'
+                f'<b style="{_chip(state)}">得分 {self.score:g} / {self.points:g}</b>'
                 f'{"　✔ 全部通过" if ok else ""}</div>')
         meta = (f'<div style="color:{_MUTED};font-size:12px;margin-bottom:6px;">'
                 f'设备：{html.escape(self.device)}　用例：{len(self.results)} 个'
                 f'{"（含隐藏测试）" if self.hidden else ""}　用时：{self.seconds:.2f} 秒</div>')
         rows = []
         for r in self.results:
-            mark, label, c = STATUS_LABELS[r.status]
-            rows.append(f'<tr style="{_ROW}"><td style="{_CELL}color:{c};white-space:nowrap;">{mark} {label}</td>'
+            mark, label, _ = STATUS_LABELS[r.status]
+            rows.append(f'<tr style="{_ROW}"><td style="{_CELL}white-space:nowrap;">'
+                        f'<span style="{_chip(_STATE_OF.get(r.status, "skip"))}">{mark} {label}</span></td>'
                         f'<td style="{_CELL}">{html.escape(r.name)}</td>'
                         f'<td style="{_CELL}color:{_MUTED};font-size:12px;">{html.escape(r.inputs)}</td>'
                         f'<td style="{_CELL}">{_safe(r.message)}</td></tr>')
@@ -118,13 +121,16 @@ class Report:
         parts = [head, meta, table]
         if self.hints:
             items = "".join(f'<li style="color:{_TEXT};">{_safe(h)}</li>' for h in self.hints)
-            parts.append(f'<div style="margin-top:8px;background-color:#fff8c5;color:{_TEXT};'
-                         f'border:1px solid #d4a72c;padding:6px 10px;border-radius:4px;">'
+            parts.append(f'<div style="margin-top:8px;background-color:var(--lg-hint-bg,#fff8c5);color:{_TEXT};'
+                         f'border:1px solid var(--lg-hint-line,#d4a72c);padding:6px 10px;border-radius:4px;">'
                          f'<b>提示</b><ul style="margin:4px 0;">{items}</ul></div>')
         png = self.plot_png
         if png:
+            # transparent: the card's background shows through; a dark theme inverts it
+            # (_DARK_PLOT_STYLE), so its black lines and text become light
             parts.append(f'<div style="margin-top:8px;color:{_TEXT};"><b>你的实现与参考实现的对比</b><br>'
-                         f'<img alt="你的实现与参考实现的曲线对比" src="data:image/png;base64,{png}"></div>')
+                         f'<img class="lossgrader-plot" alt="你的实现（虚线）与参考实现（实线）的曲线对比图" '
+                         f'src="data:image/png;base64,{png}"></div>')
         out = self.captured.text() if self.captured else ""
         if out:
             if len(out) > 4000:
@@ -136,18 +142,51 @@ class Report:
         return "".join(parts)
 
 
-# Colours of the HTML report (GitHub's light palette; every status colour reaches WCAG AA,
-# 4.5:1, on the white card). Each box sets background and text colour together.
-_TEXT = "#1f2328"
-_BG = "#ffffff"
-_MUTED = "#57606a"
-_SUBTLE = "#f6f8fa"
-_CARD = f"background-color:{_BG};color:{_TEXT};border:1px solid #d0d7de;"
+#: The theme's two colours, and the rest mixed from them (custom properties of the card's
+#: root). Colab's variables first, then JupyterLab's (JupyterLab never sets Colab's); a
+#: page without either, or a sanitiser that drops custom properties (the feedback pages'
+#: nh3, JupyterLab's for untrusted output), leaves every var() below on its light fallback.
+_THEME = ("--lg-text:var(--colab-primary-text-color,var(--jp-content-font-color1,#1f2328));"
+          "--lg-bg:var(--colab-primary-surface-color,var(--jp-layout-color0,#ffffff));"
+          "--lg-muted:color-mix(in srgb,var(--lg-text) 72%,var(--lg-bg));"
+          "--lg-subtle:color-mix(in srgb,var(--lg-text) 7%,var(--lg-bg));"
+          "--lg-line:color-mix(in srgb,var(--lg-text) 18%,var(--lg-bg));"
+          "--lg-code:color-mix(in srgb,var(--lg-text) 11%,var(--lg-bg));"
+          "--lg-hint-bg:color-mix(in srgb,#d4a72c 20%,var(--lg-bg));"
+          "--lg-hint-line:color-mix(in srgb,#d4a72c 75%,var(--lg-bg));"
+          "--lg-pass:color-mix(in srgb,#2da44e 24%,var(--lg-bg));"
+          "--lg-warn:color-mix(in srgb,#d4a72c 30%,var(--lg-bg));"
+          "--lg-fail:color-mix(in srgb,#cf222e 24%,var(--lg-bg));"
+          "--lg-skip:color-mix(in srgb,var(--lg-text) 12%,var(--lg-bg));")
+#: In a dark theme (JupyterLab marks its <body>, Colab its <html>) the transparent plot is
+#: inverted, with the hue turned back: black text and axes become light, the curves keep
+#: their colours. A sanitiser that removes <style> leaves the card light (see _THEME).
+_DARK_PLOT_STYLE = ('<style>body[data-jp-theme-light="false"] img.lossgrader-plot,'
+                    'html[theme="dark"] img.lossgrader-plot{filter:invert(1) hue-rotate(180deg);}</style>')
+_TEXT = "var(--lg-text,#1f2328)"
+_BG = "var(--lg-bg,#ffffff)"
+_MUTED = "var(--lg-muted,#57606a)"
+_SUBTLE = "var(--lg-subtle,#f6f8fa)"
+_ACCENT = {"pass": "#2da44e", "warn": "#d4a72c", "fail": "#cf222e"}
+#: Each status is a chip: a background tinted with its hue, the theme's text on it (a
+#: coloured text cannot keep 4.5:1 on both a white and a dark grey background).
+_CHIP_LIGHT = {"pass": "#dafbe1", "warn": "#fff8c5", "fail": "#ffebe9", "skip": "#eaeef2"}
+_STATE_OF = {"pass": "pass", "fail": "fail", "error": "fail", "timeout": "fail", "forbidden": "fail",
+             "notimpl": "warn", "skipped": "skip"}
+
+
+def _chip(state: str) -> str:
+    return (f"background-color:var(--lg-{state},{_CHIP_LIGHT[state]});color:{_TEXT};"
+            "border-radius:3px;padding:0 5px;white-space:nowrap;")
+
+
+_CARD = f"background-color:{_BG};color:{_TEXT};border:1px solid var(--lg-line,#d0d7de);"
 _ROW = f"background-color:{_BG};"
-_BOX = f"text-align:left;vertical-align:top;padding:3px 8px;color:{_TEXT};border:none;border-bottom:1px solid #eaeef2;"
+_BOX = (f"text-align:left;vertical-align:top;padding:3px 8px;color:{_TEXT};border:none;"
+        "border-bottom:1px solid var(--lg-line,#eaeef2);")
 _CELL = f"{_BOX}background-color:{_BG};"
 _HEAD = f"{_BOX}background-color:{_SUBTLE};font-weight:bold;"
-_CODE = f"background-color:#eff1f3;color:{_TEXT};padding:0 3px;border-radius:3px;"
+_CODE = f"background-color:var(--lg-code,#eff1f3);color:{_TEXT};padding:0 3px;border-radius:3px;"
 
 
 def _strip_tags(text: str) -> str:

@@ -15,6 +15,7 @@ meta, no LimitPageSize, no lossgrader_math filter, no manual-score lookup).
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -335,7 +336,7 @@ def test_a_score_given_by_hand_is_the_instructors(course, browser):
         auto, manual, points = grade.auto_score, grade.manual_score, grade.max_score
         total, max_total = gb.find_submission(A, GRADED_BY_HAND).score, gb.find_submission(A, GRADED_BY_HAND).max_score
         auto_total = sum(g.auto_score or 0 for g in gb.find_submission_notebook(A, A, GRADED_BY_HAND).grades)
-    assert manual == MANUAL["test_mae_grad"] and 0 < auto < manual
+    assert manual == MANUAL["test_mae_grad"] and auto is not None and auto != manual
 
     def num(x):
         return f"{round(x, 2):g}"
@@ -511,10 +512,14 @@ def test_clean_html_keeps_the_grader_report():
     cleaned = fb.clean_html(html)
     for kept in ("<table", "<details", "<summary", "data:image/png;base64,", "得分", "提示"):
         assert kept in cleaned
-    # every inline style of the report survives the style allowlist
-    def styles(text):
-        return [style.rstrip(";") for style in re.findall(r'style="([^"]*)"', text)]
-    assert styles(cleaned) == styles(html)
+    # every inline style of the report survives the style allowlist, except the custom
+    # properties that hook the card to a notebook's theme: without them every colour is on
+    # its light fallback, which is the page's own theme
+    def declarations(text):
+        return [d.replace(" ", "") for style in re.findall(r'style="([^"]*)"', text) for d in style.split(";") if d]
+    assert declarations(cleaned) == [d for d in declarations(html) if not d.startswith("--")]
+    assert "--lg-" in html and "color-mix" in html and "<style>" in html
+    assert not re.search(r"var\(--[\w-]+\)", cleaned) and "color-mix" not in cleaned and "<style" not in cleaned
 
 
 def test_render_failed_escapes_everything():
@@ -593,6 +598,12 @@ def test_no_event_handler_on_an_image_reaches_the_page(course, tmp_path):
 CONTRAST_JS = r"""
 (() => {
   const parse = (c) => {
+    // color-mix() computes to color(srgb r g b [/ a]) with components 0..1
+    const srgb = c.match(/color\(srgb ([^)]+)\)/);
+    if (srgb) {
+      const p = srgb[1].split(/[ \/]+/).filter((x) => x).map(Number);
+      return [p[0] * 255, p[1] * 255, p[2] * 255, p.length > 3 ? p[3] : 1];
+    }
     const m = c.match(/rgba?\(([^)]+)\)/);
     if (!m) return [0, 0, 0, 0];
     const p = m[1].split(/[ ,\/]+/).filter((x) => x).map(Number);
@@ -619,7 +630,7 @@ CONTRAST_JS = r"""
   let checked = 0;
   document.querySelectorAll(".lossgrader-report, .lossgrader-report *").forEach((el) => {
     const own = Array.from(el.childNodes).filter((n) => n.nodeType === 3 && n.textContent.trim());
-    if (!own.length) return;
+    if (!own.length || el.tagName === "STYLE") return;
     const bg = behind(el);
     const fg = over(parse(getComputedStyle(el).color), bg);
     const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
@@ -649,35 +660,95 @@ def _reports_html():
     return [r._repr_html_() for r in reports]
 
 
-def _jupyterlab_dark_page(fragments):
-    """The reports as JupyterLab shows them in its dark theme (nbconvert's lab template
-    carries JupyterLab's own stylesheets and theme variables)."""
+def _jupyterlab_page(fragments, theme="dark"):
+    """The reports as JupyterLab shows them (nbconvert's lab template carries JupyterLab's
+    own stylesheets and theme variables, and marks <body> data-jp-theme-light as
+    JupyterLab does)."""
     from nbconvert import HTMLExporter
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("check(...)", outputs=[nbformat.v4.new_output(
         "execute_result", data={"text/html": h, "text/plain": "1.0"}, execution_count=1)]) for h in fragments]
-    body, _ = HTMLExporter(template_name="lab", theme="dark").from_notebook_node(nb)
+    body, _ = HTMLExporter(template_name="lab", theme=theme).from_notebook_node(nb)
     # the lab template also links require.js and MathJax from a CDN: not needed to show HTML
     return re.sub(r"<script[^>]*src=\"https?://[^\"]*\"[^>]*>\s*</script>", "", body)
 
 
-def _colab_dark_page(fragments):
-    """Colab's dark theme as an output frame sees it: light text on a dark grey page."""
-    return ('<!DOCTYPE html><html><head><meta charset="utf-8"><style>'
-            'body{background:#383838;color:#e3e3e3;font-family:Roboto,"Noto Sans CJK SC",sans-serif;font-size:14px}'
+#: Colab's output frame: its theme colours as the CSS variables Colab's own outputs use,
+#: and html[theme=dark] in its dark theme (googlecolab/colabtools#1214).
+COLAB = {"dark": {"surface": "#383838", "text": "#e3e3e3"}, "light": {"surface": "#ffffff", "text": "#1f1f1f"}}
+
+
+def _colab_page(fragments, theme="dark"):
+    colours = COLAB[theme]
+    return (f'<!DOCTYPE html><html theme="{theme}"><head><meta charset="utf-8"><style>'
+            f':root{{--colab-primary-surface-color:{colours["surface"]};--colab-primary-text-color:{colours["text"]};'
+            f'--colab-secondary-surface-color:{colours["surface"]};--colab-border-color:#5f6368}}'
+            'body{background:var(--colab-primary-surface-color);color:var(--colab-primary-text-color);'
+            'font-family:Roboto,"Noto Sans CJK SC",sans-serif;font-size:14px}'
             'a{color:#8ab4f8}</style></head><body>' + "".join(fragments) + "</body></html>")
 
 
-@pytest.mark.parametrize("theme", ["jupyterlab", "colab"])
-def test_report_reads_well_on_a_dark_theme(browser, shots, tmp_path, theme):
-    page = (_jupyterlab_dark_page if theme == "jupyterlab" else _colab_dark_page)(_reports_html())
-    (tmp_path / "dark.html").write_text(page, encoding="utf-8")
+#: The card, its plot and what the browser made of them.
+CARD_JS = r"""
+(() => {
+  const card = document.querySelector(".lossgrader-report");
+  const plot = document.querySelector("img.lossgrader-plot");
+  const box = plot.getBoundingClientRect();
+  return {card: getComputedStyle(card).backgroundColor, page: getComputedStyle(document.body).backgroundColor,
+          filter: getComputedStyle(plot).filter, plot: [box.x, box.y, box.width, box.height]};
+})()
+"""
+
+
+def _luminance(png_bytes, box):
+    """Mean relative luminance (0 black .. 1 white) of a region of a screenshot."""
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png_bytes)).convert("L").crop(tuple(int(v) for v in
+                                                                     (box[0], box[1], box[0] + box[2], box[1] + box[3])))
+    pixels = list(image.getdata())
+    return sum(pixels) / len(pixels) / 255
+
+
+@pytest.mark.parametrize("platform, theme", [("jupyterlab", "dark"), ("colab", "dark"),
+                                             ("jupyterlab", "light"), ("colab", "light")])
+def test_report_follows_the_notebook_theme(browser, shots, tmp_path, platform, theme):
+    """The in-notebook card takes the theme's background and text (no white block in a dark
+    theme), every text keeps WCAG AA contrast, and its plot (transparent) is drawn light on
+    dark in a dark theme, dark on light in a light one."""
+    fragments = _reports_html()
+    page = (_jupyterlab_page if platform == "jupyterlab" else _colab_page)(fragments, theme)
+    (tmp_path / "card.html").write_text(page, encoding="utf-8")
     with StaticServer(tmp_path) as server:
-        browser.open(server.base_url + "dark.html")
-        if theme == "jupyterlab":
-            assert browser.evaluate("getComputedStyle(document.body).backgroundColor") != "rgb(255, 255, 255)"
+        browser.clear_events()
+        browser.open(server.base_url + "card.html")
         result = browser.evaluate(CONTRAST_JS)
-        browser.screenshot(shots / f"report_dark_{theme}.png")
+        browser.evaluate("document.querySelector('img.lossgrader-plot').scrollIntoView({block: 'center'})")
+        card = browser.evaluate(CARD_JS)
+        shot = browser.page.screenshot(path=str(shots / f"report_{theme}_{platform}.png"))
+    dark = theme == "dark"
+    expected = {("jupyterlab", "dark"): "rgb(17, 17, 17)", ("jupyterlab", "light"): "rgb(255, 255, 255)",
+                ("colab", "dark"): "rgb(56, 56, 56)", ("colab", "light"): "rgb(255, 255, 255)"}
+    assert card["card"] == expected[(platform, theme)]                      # the theme's own background
+    assert ("invert(1)" in card["filter"]) == dark, card["filter"]
+    # the plot's pixels: mostly the card's background (dark or light), curves and text on it
+    assert (_luminance(shot, card["plot"]) < 0.3) if dark else (_luminance(shot, card["plot"]) > 0.8)
     assert result["checked"] > 40
     assert not result["bad"], "text without enough contrast:\n" + "\n".join(result["bad"])
+
+
+def test_plot_is_transparent():
+    """The feedback plot has no background of its own: the card's shows through."""
+    import io
+
+    from PIL import Image
+
+    from lossgrader import check
+
+    png = check("mae", lambda p, t: ((p - t) ** 2).mean(), device="cpu").plot_png
+    image = Image.open(io.BytesIO(base64.b64decode(png))).convert("RGBA")
+    corners = [image.getpixel((x, y))[3] for x in (0, image.width - 1) for y in (0, image.height - 1)]
+    assert corners == [0, 0, 0, 0]
