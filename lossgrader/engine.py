@@ -17,7 +17,7 @@ import torch
 
 from . import guards, runtime
 from .exercises import EXERCISES
-from .judge import CaseResult, judge_cases
+from .judge import CaseResult, judge_cases, scoring_groups
 from .report import Report
 
 
@@ -34,6 +34,15 @@ def grade(ex, cases, expectations, responses, captured, device, points, hidden, 
     return report_for(ex, results, captured, device, points, hidden, started, probe)
 
 
+def score(points, results) -> float:
+    """``points`` × the share of scoring groups whose cases all pass (``judge.scoring_groups``).
+    Each hidden case joins the group of the visible cases it varies, so a typical mistake loses
+    the same share in the notebook and after autograding, and a case where a mistake cannot
+    show never scores on its own (docs/grader.md, "Score")."""
+    passed, total = scoring_groups(results)
+    return round(points * passed / total, 4) if total else 0.0
+
+
 def report_for(ex, results, captured, device, points, hidden, started, probe=None) -> Report:
     plot = None
     if probe is not None and ex.curve is not None and any(r.status == "fail" for r in results):
@@ -41,9 +50,7 @@ def report_for(ex, results, captured, device, points, hidden, started, probe=Non
         ys = probe(point_requests, ex.curve.seconds)
         if len(ys) == len(xs):
             plot = ex.curve.data(xs, expected, ys)
-    passed = sum(r.passed for r in results)
-    score = round(points * passed / len(results), 4) if results else 0.0
-    return Report(exercise=ex, points=points, score=score, results=results, captured=captured,
+    return Report(exercise=ex, points=points, score=score(points, results), results=results, captured=captured,
                   plot=plot, device=str(device), hidden=hidden, seconds=time.perf_counter() - started)
 
 

@@ -34,10 +34,21 @@ class CaseResult:
     status: str                   # "pass" or a CaseFailure status, or "skipped"
     message: str = ""
     hint: Optional[str] = None
+    group: Optional[str] = None   # scoring group (lossgrader.engine.score): None, a group of its own
 
     @property
     def passed(self) -> bool:
         return self.status == "pass"
+
+
+def scoring_groups(results) -> tuple:
+    """(groups whose cases all passed, groups): the score is points × the first / the second.
+    Every group has the same weight; a result without a group is a group of its own."""
+    groups = {}
+    for k, r in enumerate(results):
+        key = r.group if getattr(r, "group", None) is not None else ("case", k)
+        groups[key] = groups.get(key, True) and r.passed
+    return sum(groups.values()), len(groups)
 
 
 @dataclass(frozen=True)
@@ -473,18 +484,21 @@ def _judge_cases(exercise, cases, expectations, responses, device) -> list:
     results = []
     fallbacks = {}
     stop = None
+    group_of = getattr(exercise, "group_of", lambda case: None)
     for k, (case, expected) in enumerate(zip(cases, expectations)):
+        group = group_of(case)
         if stop is not None:
-            results.append(CaseResult(case.name, case.describe_inputs(), "skipped", stop))
+            results.append(CaseResult(case.name, case.describe_inputs(), "skipped", stop, group=group))
             continue
         response = responses[k] if k < len(responses) and isinstance(responses[k], dict) else None
         try:
             if response is None:
                 raise CaseFailure("error", "评分器没有收到这个用例的运行结果（你的代码可能让评分进程退出了）。")
             exercise.judge(case, expected, response, device)
-            results.append(CaseResult(case.name, case.describe_inputs(), "pass"))
+            results.append(CaseResult(case.name, case.describe_inputs(), "pass", group=group))
         except CaseFailure as failure:
-            results.append(CaseResult(case.name, case.describe_inputs(), failure.status, failure.message, failure.hint))
+            results.append(CaseResult(case.name, case.describe_inputs(), failure.status, failure.message, failure.hint,
+                                      group=group))
             fallbacks[k] = failure.fallback
             if failure.status == "notimpl":
                 stop = "尚未实现。"
@@ -494,7 +508,7 @@ def _judge_cases(exercise, cases, expectations, responses, device) -> list:
                 stop = "使用了不允许的内置实现。"
         except Exception:  # a malformed response (forged or truncated): that case fails, nothing else
             results.append(CaseResult(case.name, case.describe_inputs(), "error",
-                                      "评分器无法读取你的代码的运行结果。"))
+                                      "评分器无法读取你的代码的运行结果。", group=group))
     unexplained = [k for k, r in enumerate(results) if r.status == "fail" and r.hint is None]
     if unexplained:
         try:

@@ -263,6 +263,14 @@ class Exercise:
         return f"<Exercise {self.id}: {self.title} {self.func_name}{self.signature}, {self.points} 分>"
 
     # ----------------------------------------------------------- cases
+    @staticmethod
+    def group_of(case: Case) -> str:
+        """The case's scoring group: its "group:" tag (every case factory sets one; see G)."""
+        for tag in case.tags:
+            if tag.startswith("group:"):
+                return tag[len("group:"):]
+        return case.name
+
     def default_seed(self) -> int:
         return zlib.crc32(self.id.encode()) % (2 ** 31)
 
@@ -540,35 +548,46 @@ class OutcomeExercise(Exercise):
 
 
 # =================================================================== case factories
+# Scoring groups (docs/grader.md, "Score"): every case carries the tag "group:<name>"; a group
+# scores only when all its cases pass, and every group has equal weight. Each hidden case joins
+# the group of the visible cases it varies (another shape, seed or dtype of the same aspect), so
+# that a typical mistake loses the same share of the points in the notebook and after
+# autograding, and a case where a mistake cannot show (one element, identical inputs, a
+# parameter at its neutral value) never scores on its own.
+def G(name: str) -> str:
+    """The tag that puts a case in scoring group ``name``."""
+    return f"group:{name}"
+
+
 def _regression_cases(param=None, default=1.0):
     """Cases for element-wise regression losses: dtypes, shapes, a transposed input,
     the loss's parameter, large residuals and, hidden, more of each."""
     def make(r: Rand, hidden: bool):
         cases = []
 
-        def add(name, shape, dtype=torch.float32, scale=1.5, kw=None, noncontig=False, tags=()):
+        def add(name, shape, group, dtype=torch.float32, scale=1.5, kw=None, noncontig=False, tags=()):
             if noncontig:
                 pred = r.noncontiguous(*shape, dtype=dtype, scale=scale)
                 target = r.noncontiguous(*shape, dtype=dtype, scale=scale)
             else:
                 pred = r.normal(*shape, dtype=dtype, scale=scale)
                 target = r.normal(*shape, dtype=dtype, scale=scale)
-            cases.append(Case(name, (pred, target), kw or {}, grad_args=(0, 1), tags=frozenset(tags)))
+            cases.append(Case(name, (pred, target), kw or {}, grad_args=(0, 1), tags=frozenset(tags) | {G(group)}))
 
-        add("一维 float32", (8,))
-        add("二维 float64", (3, 4), dtype=torch.float64)
-        add("转置后的非连续张量", (4, 5), noncontig=True, tags=("noncontiguous",))
-        add("大残差（含离群值）", (6,), scale=6.0)
+        add("一维 float32", (8,), "basic")
+        add("二维 float64", (3, 4), "float64", dtype=torch.float64)
+        add("转置后的非连续张量", (4, 5), "noncontiguous", noncontig=True, tags=("noncontiguous",))
+        add("大残差（含离群值）", (6,), "large", scale=6.0)
         if param:
-            add(f"{param}={default * 0.5:g}", (10,), kw={param: default * 0.5})
-            add(f"{param}=2", (2, 5), dtype=torch.float64, kw={param: 2.0})
+            add(f"{param}={default * 0.5:g}", (10,), "param", kw={param: default * 0.5})
+            add(f"{param}=2", (2, 5), "param", dtype=torch.float64, kw={param: 2.0})
         if hidden:
-            add("三维 float32", (2, 3, 4), scale=3.0)
-            add("单个元素", (1,), dtype=torch.float64)
-            add("较大的批量 float32", (64,), scale=2.0)
-            add("非连续 float64", (3, 6), dtype=torch.float64, noncontig=True, tags=("noncontiguous",))
+            add("三维 float32", (2, 3, 4), "basic", scale=3.0)
+            add("单个元素", (1,), "float64", dtype=torch.float64)        # n = 1: no 1/n can show
+            add("较大的批量 float32", (64,), "basic", scale=2.0)
+            add("非连续 float64", (3, 6), "noncontiguous", dtype=torch.float64, noncontig=True, tags=("noncontiguous",))
             if param:
-                add(f"{param}=0.3 float64", (5, 3), dtype=torch.float64, scale=0.8, kw={param: 0.3})
+                add(f"{param}=0.3 float64", (5, 3), "param", dtype=torch.float64, scale=0.8, kw={param: 0.3})
         return cases
     return make
 
@@ -582,7 +601,7 @@ def _mae_cases(r: Rand, hidden: bool):
     zero = pred == target
     bound = torch.full_like(pred, 1.0 / n)
     # where pred == target any subgradient in [-1/n, 1/n] is valid, for pred and for target
-    cases.append(Case("部分残差恰好为 0（不可导点）", (pred, target), grad_args=(0, 1), tags=frozenset({"edge"}),
+    cases.append(Case("部分残差恰好为 0（不可导点）", (pred, target), grad_args=(0, 1), tags=frozenset({"edge", G("edge")}),
                       subgrad={0: SubgradientRange(zero, -bound, bound), 1: SubgradientRange(zero, -bound, bound)}))
     return cases
 
@@ -602,36 +621,40 @@ def _as_grad_cases(make):
 
 def _bce_cases(r: Rand, hidden: bool):
     cases = []
-    for name, shape, dtype in [("一维 float32", (8,), torch.float32), ("二维 float64", (4, 3), torch.float64)] + (
-            [("三维 float32", (2, 3, 4), torch.float32), ("较大的批量 float64", (50,), torch.float64)] if hidden else []):
+    for name, shape, dtype, group in [("一维 float32", (8,), torch.float32, "basic"),
+                                      ("二维 float64", (4, 3), torch.float64, "float64")] + (
+            [("三维 float32", (2, 3, 4), torch.float32, "basic"),
+             ("较大的批量 float64", (50,), torch.float64, "float64")] if hidden else []):
         probs = r.uniform(*shape, low=0.02, high=0.98, dtype=dtype)
-        cases.append(Case(name, (probs, r.labels01(*shape, dtype=dtype)), grad_args=(0,)))
+        cases.append(Case(name, (probs, r.labels01(*shape, dtype=dtype)), grad_args=(0,), tags=frozenset({G(group)})))
     probs = r.uniform(5, 4, low=0.05, high=0.95).t()
-    cases.append(Case("转置后的非连续张量", (probs, r.labels01(5, 4).t()), grad_args=(0,), tags=frozenset({"noncontiguous"})))
+    cases.append(Case("转置后的非连续张量", (probs, r.labels01(5, 4).t()), grad_args=(0,),
+                      tags=frozenset({"noncontiguous", G("noncontiguous")})))
     target = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
     probs = torch.tensor([0.0, 1.0, 1.0, 0.0, 1e-30, 1 - 1e-7])
     cases.append(Case("概率恰为 0 和 1（PyTorch 将 log 截断在 −100，只评分损失值）", (probs, target),
-                      value_only=True, tags=frozenset({"prob01"})))
-    cases.append(Case("软标签（目标在 0 和 1 之间）", (r.uniform(6, low=0.05, high=0.95), r.uniform(6)), grad_args=(0,)))
+                      value_only=True, tags=frozenset({"prob01", G("prob01")})))
+    cases.append(Case("软标签（目标在 0 和 1 之间）", (r.uniform(6, low=0.05, high=0.95), r.uniform(6)), grad_args=(0,),
+                      tags=frozenset({G("soft")})))
     return cases
 
 
 def _logit_cases(r: Rand, hidden: bool):
     cases = []
-    for name, shape, dtype, scale in [("一维 float32", (8,), torch.float32, 2.0),
-                                      ("二维 float64", (4, 3), torch.float64, 2.0)] + (
-            [("三维 float32", (2, 3, 4), torch.float32, 3.0), ("单个元素 float64", (1,), torch.float64, 1.0)]
-            if hidden else []):
+    for name, shape, dtype, scale, group in [("一维 float32", (8,), torch.float32, 2.0, "basic"),
+                                             ("二维 float64", (4, 3), torch.float64, 2.0, "float64")] + (
+            [("三维 float32", (2, 3, 4), torch.float32, 3.0, "basic"),
+             ("单个元素 float64", (1,), torch.float64, 1.0, "float64")] if hidden else []):
         cases.append(Case(name, (r.normal(*shape, dtype=dtype, scale=scale), r.labels01(*shape, dtype=dtype)),
-                          grad_args=(0,)))
+                          grad_args=(0,), tags=frozenset({G(group)})))
     cases.append(Case("转置后的非连续张量", (r.noncontiguous(4, 5, scale=2.0), r.labels01(5, 4).t()), grad_args=(0,),
-                      tags=frozenset({"noncontiguous"})))
+                      tags=frozenset({"noncontiguous", G("noncontiguous")})))
     big = torch.tensor([100.0, -100.0, 250.0, -250.0, 1000.0, -1000.0, 88.0, -104.0])
     cases.append(Case("很大的 logits（±100 及以上，float32）", (big, torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0])),
-                      grad_args=(0,), tags=frozenset({"large"})))
+                      grad_args=(0,), tags=frozenset({"large", G("large")})))
     if hidden:
         cases.append(Case("很大的 logits，软标签", (big.flip(0), torch.linspace(0, 1, 8)), grad_args=(0,),
-                          tags=frozenset({"large"})))
+                          tags=frozenset({"large", G("large")})))
     return cases
 
 
@@ -640,69 +663,77 @@ def _class_cases(extra_kw=None, large=True):
     def make(r: Rand, hidden: bool):
         cases = []
 
-        def add(name, n, c, dtype=torch.float32, scale=2.0, kw=None, tags=()):
+        def add(name, n, c, group, dtype=torch.float32, scale=1.5, kw=None, tags=()):
             cases.append(Case(name, (r.normal(n, c, dtype=dtype, scale=scale), r.integers(c, n)), kw or {},
-                              grad_args=(0,), tags=frozenset(tags)))
-        add("N=6, C=4, float32", 6, 4)
-        add("N=5, C=3, float64", 5, 3, dtype=torch.float64)
+                              grad_args=(0,), tags=frozenset(tags) | {G(group)}))
+        add("N=6, C=4, float32", 6, 4, "basic")
+        add("N=5, C=3, float64", 5, 3, "float64", dtype=torch.float64)
         if extra_kw:
             for kw in extra_kw:
-                add(", ".join(f"{k}={v:g}" for k, v in kw.items()), 7, 5, kw=kw)
+                add(", ".join(f"{k}={v:g}" for k, v in kw.items()), 7, 5, "param", kw=kw)
         logits = r.normal(3, 8, scale=2.0).t()
         cases.append(Case("转置后的非连续 logits", (logits, r.integers(3, 8)), grad_args=(0,),
-                          tags=frozenset({"noncontiguous"})))
+                          tags=frozenset({"noncontiguous", G("noncontiguous")})))
         if large:
-            add("很大的 logits（float32，数值稳定性）", 4, 3, scale=400.0, tags=("large",))
+            add("很大的 logits（float32，数值稳定性）", 4, 3, "large", scale=400.0, tags=("large",))
         if hidden:
-            add("N=1, C=2", 1, 2, dtype=torch.float64)
-            add("N=32, C=10, float32", 32, 10, scale=3.0)
+            add("N=1, C=2", 1, 2, "float64", dtype=torch.float64)      # one sample: no 1/N can show
+            add("N=32, C=10, float32", 32, 10, "basic", scale=1.5)
             if large:
-                add("很大的 logits（float64）", 5, 6, dtype=torch.float64, scale=1000.0, tags=("large",))
+                add("很大的 logits（float64）", 5, 6, "large", dtype=torch.float64, scale=1000.0, tags=("large",))
             if extra_kw:
-                add(", ".join(f"{k}={v:g}" for k, v in extra_kw[-1].items()) + " float64", 6, 4, dtype=torch.float64,
-                    kw=extra_kw[-1])
+                add(", ".join(f"{k}={v:g}" for k, v in extra_kw[-1].items()) + " float64", 6, 4, "param",
+                    dtype=torch.float64, kw=extra_kw[-1])
         return cases
     return make
 
 
 def _weighted_cases(r: Rand, hidden: bool):
     cases = []
-    for name, n, c, dtype in [("N=6, C=3, float32", 6, 3, torch.float32), ("N=8, C=4, float64", 8, 4, torch.float64)] + (
-            [("N=20, C=5, float32", 20, 5, torch.float32), ("N=1, C=3, float64", 1, 3, torch.float64)] if hidden else []):
+    for name, n, c, dtype, group in [("N=6, C=3, float32", 6, 3, torch.float32, "basic"),
+                                     ("N=8, C=4, float64", 8, 4, torch.float64, "float64")] + (
+            [("N=20, C=5, float32", 20, 5, torch.float32, "basic"),
+             ("N=1, C=3, float64", 1, 3, torch.float64, "float64")] if hidden else []):
         weight = r.uniform(c, low=0.2, high=3.0, dtype=dtype)
-        cases.append(Case(name, (r.normal(n, c, dtype=dtype, scale=2.0), r.integers(c, n), weight), grad_args=(0,)))
+        cases.append(Case(name, (r.normal(n, c, dtype=dtype, scale=2.0), r.integers(c, n), weight), grad_args=(0,),
+                          tags=frozenset({G(group)})))
     cases.append(Case("类别权重 [1, 2, 3]，转置后的非连续 logits",
                       (r.normal(3, 5, scale=2.0).t(), torch.tensor([0, 2, 2, 1, 2]), torch.tensor([1.0, 2.0, 3.0])),
-                      grad_args=(0,), tags=frozenset({"noncontiguous"})))
+                      grad_args=(0,), tags=frozenset({"noncontiguous", G("noncontiguous")})))
     cases.append(Case("很大的 logits（float32）", (r.normal(4, 3, scale=300.0), r.integers(3, 4), torch.tensor([0.5, 1.0, 4.0])),
-                      grad_args=(0,), tags=frozenset({"large"})))
+                      grad_args=(0,), tags=frozenset({"large", G("large")})))
     return cases
 
 
 def _binary_focal_cases(r: Rand, hidden: bool):
     cases = []
-    for name, shape, dtype, kw in [("一维 float32，默认 α、γ", (8,), torch.float32, {}),
-                                   ("二维 float64，α=0.5, γ=1", (4, 3), torch.float64, {"alpha": 0.5, "gamma": 1.0}),
-                                   ("α=−1（不使用 α_t 加权）", (6,), torch.float32, {"alpha": -1.0}),
-                                   ("多标签 (N, C)，γ=0", (5, 3), torch.float32, {"gamma": 0.0})] + (
-            [("三维 float64, α=0.75, γ=3", (2, 3, 4), torch.float64, {"alpha": 0.75, "gamma": 3.0})] if hidden else []):
+    for name, shape, dtype, kw, group in [
+            ("一维 float32，默认 α、γ", (8,), torch.float32, {}, "basic"),
+            ("二维 float64，α=0.5, γ=1", (4, 3), torch.float64, {"alpha": 0.5, "gamma": 1.0}, "float64"),
+            ("α=−1（不使用 α_t 加权）", (6,), torch.float32, {"alpha": -1.0}, "param"),
+            ("多标签 (N, C)，γ=0", (5, 3), torch.float32, {"gamma": 0.0}, "param")] + (
+            [("三维 float64, α=0.75, γ=3", (2, 3, 4), torch.float64, {"alpha": 0.75, "gamma": 3.0}, "param")]
+            if hidden else []):
         cases.append(Case(name, (r.normal(*shape, dtype=dtype, scale=2.0), r.labels01(*shape, dtype=dtype)), kw,
-                          grad_args=(0,)))
+                          grad_args=(0,), tags=frozenset({G(group)})))
     big = torch.tensor([100.0, -100.0, 300.0, -300.0])
     cases.append(Case("很大的 logits（float32）", (big, torch.tensor([1.0, 1.0, 0.0, 0.0])), grad_args=(0,),
-                      tags=frozenset({"large"})))
+                      tags=frozenset({"large", G("large")})))
     return cases
 
 
 def _pair_cases(r: Rand, hidden: bool):
     cases = []
-    for name, n, d, dtype, kw in [("N=6, D=3, float32", 6, 3, torch.float32, {}),
-                                  ("N=5, D=4, float64, margin=2", 5, 4, torch.float64, {"margin": 2.0})] + (
-            [("N=16, D=8, float32, margin=0.5", 16, 8, torch.float32, {"margin": 0.5})] if hidden else []):
+    for name, n, d, dtype, kw, group in [("N=6, D=3, float32", 6, 3, torch.float32, {}, "basic"),
+                                         ("N=5, D=4, float64, margin=2", 5, 4, torch.float64, {"margin": 2.0}, "margin")] + (
+            [("N=16, D=8, float32, margin=0.5", 16, 8, torch.float32, {"margin": 0.5}, "margin")] if hidden else []):
         x1 = r.normal(n, d, dtype=dtype, scale=0.6)
         x2 = r.normal(n, d, dtype=dtype, scale=0.6)
+        if group == "margin":      # pairs well inside and well outside the margin, on every seed
+            near = torch.arange(n) < (n + 1) // 2
+            x2 = x1 + torch.where(near.unsqueeze(1), 0.15, 3.0).to(dtype) * x2
         label = torch.tensor([i % 2 for i in range(n)], dtype=dtype)
-        cases.append(Case(name, (x1, x2, label), kw, grad_args=(0, 1)))
+        cases.append(Case(name, (x1, x2, label), kw, grad_args=(0, 1), tags=frozenset({G(group)})))
     x1 = r.normal(4, 3)
     x2 = x1.clone()
     x2[2:] += r.normal(2, 3)
@@ -714,17 +745,17 @@ def _pair_cases(r: Rand, hidden: bool):
     bound = torch.full((4, 3), 2.0 / 4)
     sub = SubgradientRange(mask, -bound, bound)
     cases.append(Case("两点重合（距离为 0，不可导点）", (x1, x2, label), grad_args=(0, 1), subgrad={0: sub, 1: sub},
-                      tags=frozenset({"edge"})))
+                      tags=frozenset({"edge", G("edge")})))
     return cases
 
 
 def _triplet_cases(r: Rand, hidden: bool):
     cases = []
-    for name, n, d, dtype, kw in [("N=6, D=3, float32", 6, 3, torch.float32, {}),
-                                  ("N=5, D=4, float64, margin=2", 5, 4, torch.float64, {"margin": 2.0})] + (
-            [("N=16, D=8, float32, margin=0.3", 16, 8, torch.float32, {"margin": 0.3})] if hidden else []):
+    for name, n, d, dtype, kw, group in [("N=6, D=3, float32", 6, 3, torch.float32, {}, "basic"),
+                                         ("N=5, D=4, float64, margin=2", 5, 4, torch.float64, {"margin": 2.0}, "margin")] + (
+            [("N=16, D=8, float32, margin=0.3", 16, 8, torch.float32, {"margin": 0.3}, "basic")] if hidden else []):
         cases.append(Case(name, (r.normal(n, d, dtype=dtype), r.normal(n, d, dtype=dtype), r.normal(n, d, dtype=dtype)),
-                          kw, grad_args=(0, 1, 2)))
+                          kw, grad_args=(0, 1, 2), tags=frozenset({G(group)})))
     a = r.normal(3, 2)
     p = a.clone()
     p[1:] += r.normal(2, 2, scale=0.5)
@@ -737,23 +768,26 @@ def _triplet_cases(r: Rand, hidden: bool):
     hi_a = torch.zeros(3, 2)
     lo_a[0], hi_a[0] = (-1 - u) / 3, (1 - u) / 3
     bound = torch.full((3, 2), 1.0 / 3)
-    cases.append(Case("锚点与正样本重合（不可导点）", (a, p, n), grad_args=(0, 1, 2), tags=frozenset({"edge"}),
+    cases.append(Case("锚点与正样本重合（不可导点）", (a, p, n), grad_args=(0, 1, 2), tags=frozenset({"edge", G("edge")}),
                       subgrad={0: SubgradientRange(mask, lo_a, hi_a), 1: SubgradientRange(mask, -bound, bound)}))
     return cases
 
 
 def _segmentation_cases(r: Rand, hidden: bool):
     cases = []
-    for name, shape, dtype, kw in [("(N, C)=(6, 3) float32", (6, 3), torch.float32, {}),
-                                   ("(N, C, H, W)=(2, 3, 4, 4) float64", (2, 3, 4, 4), torch.float64, {}),
-                                   ("(N, C, L)=(2, 4, 5) float32, smooth=0.5", (2, 4, 5), torch.float32, {"smooth": 0.5})] + (
-            [("(N, C, D, H, W)=(1, 2, 2, 3, 3) float64, smooth=0", (1, 2, 2, 3, 3), torch.float64, {"smooth": 0.0}),
-             ("(N, C, H, W)=(4, 5, 8, 8) float32", (4, 5, 8, 8), torch.float32, {})] if hidden else []):
+    for name, shape, dtype, kw, group in [
+            ("(N, C)=(6, 3) float32", (6, 3), torch.float32, {}, "basic"),
+            ("(N, C, H, W)=(2, 3, 4, 4) float64", (2, 3, 4, 4), torch.float64, {}, "spatial"),
+            ("(N, C, L)=(2, 4, 5) float32, smooth=0.5", (2, 4, 5), torch.float32, {"smooth": 0.5}, "param")] + (
+            [("(N, C, D, H, W)=(1, 2, 2, 3, 3) float64, smooth=0", (1, 2, 2, 3, 3), torch.float64, {"smooth": 0.0},
+              "param"),
+             ("(N, C, H, W)=(4, 5, 8, 8) float32", (4, 5, 8, 8), torch.float32, {}, "spatial")] if hidden else []):
         target = r.integers(shape[1], shape[0], *shape[2:])
-        cases.append(Case(name, (r.normal(*shape, dtype=dtype, scale=2.0), target), kw, grad_args=(0,)))
+        cases.append(Case(name, (r.normal(*shape, dtype=dtype, scale=2.0), target), kw, grad_args=(0,),
+                          tags=frozenset({G(group)})))
     logits = r.normal(2, 4, 4, 3, scale=2.0).permute(0, 3, 1, 2)  # channels-last layout: not contiguous
     cases.append(Case("非连续的 (N, C, H, W) logits", (logits, r.integers(3, 2, 4, 4)), grad_args=(0,),
-                      tags=frozenset({"noncontiguous"})))
+                      tags=frozenset({"noncontiguous", G("noncontiguous")})))
     return cases
 
 
@@ -782,30 +816,34 @@ def _identical_box_subgrad(boxes):
 
 def _box_cases(r: Rand, hidden: bool):
     same = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 4.0, 3.0]])
-    cases = [Case("N=6 个重叠的框 float32", _boxes(r, 6, torch.float32), grad_args=(0,)),
-             Case("N=5 float64", _boxes(r, 5, torch.float64), grad_args=(0,)),
+    # identical boxes (where a missing clamp cannot show) score together with the disjoint ones
+    cases = [Case("N=6 个重叠的框 float32", _boxes(r, 6, torch.float32), grad_args=(0,), tags=frozenset({G("basic")})),
+             Case("N=5 float64", _boxes(r, 5, torch.float64), grad_args=(0,), tags=frozenset({G("float64")})),
              Case("含不相交的框（IoU=0）", _boxes(r, 4, torch.float32, disjoint_rows=(1, 3)), grad_args=(0,),
-                  tags=frozenset({"edge"})),
+                  tags=frozenset({"edge", G("edge")})),
              Case("完全相同的框（IoU=1，不可导点）", (same, same.clone()), grad_args=(0,),
-                  subgrad={0: _identical_box_subgrad(same)}, tags=frozenset({"edge"}))]
+                  subgrad={0: _identical_box_subgrad(same)}, tags=frozenset({"edge", G("edge")}))]
     if hidden:
-        cases.append(Case("N=32 float32", _boxes(r, 32, torch.float32, disjoint_rows=(0, 5)), grad_args=(0,)))
+        cases.append(Case("N=32 float32", _boxes(r, 32, torch.float32, disjoint_rows=(0, 5)), grad_args=(0,),
+                          tags=frozenset({G("edge")})))
         cases.append(Case("一个框包含另一个", (torch.tensor([[0.0, 0.0, 4.0, 4.0]], dtype=torch.float64),
-                                              torch.tensor([[1.0, 1.0, 2.0, 3.0]], dtype=torch.float64)), grad_args=(0,)))
+                                              torch.tensor([[1.0, 1.0, 2.0, 3.0]], dtype=torch.float64)), grad_args=(0,),
+                          tags=frozenset({G("float64")})))
     return cases
 
 
 def _numgrad_cases(r: Rand, hidden: bool):
     cubic, wavy, softplus_norm = (INPUT_FUNCTIONS[n] for n in ("cubic", "wavy", "softplus_norm"))
 
-    cases = [Case("f(x)=Σx³，x 形状 (5,)", (cubic, r.normal(5, dtype=torch.float64))),
+    cases = [Case("f(x)=Σx³，x 形状 (5,)", (cubic, r.normal(5, dtype=torch.float64)), tags=frozenset({G("basic")})),
              Case("f(x)=Σ sin(x)·x²，x 形状 (2, 3)，eps=1e-3", (wavy, r.normal(2, 3, dtype=torch.float64)),
-                  {"eps": 1e-3}),
+                  {"eps": 1e-3}, tags=frozenset({G("eps")})),
              Case("转置后的非连续 x，eps=1e-4", (softplus_norm, r.normal(4, 3, dtype=torch.float64).t()), {"eps": 1e-4},
-                  tags=frozenset({"noncontiguous"}))]
+                  tags=frozenset({"noncontiguous", G("noncontiguous")}))]
     if hidden:
-        cases.append(Case("x 形状 (2, 2, 2)，eps=1e-3", (wavy, r.normal(2, 2, 2, dtype=torch.float64)), {"eps": 1e-3}))
-        cases.append(Case("x 为 float32，eps=1e-2", (cubic, r.normal(6)), {"eps": 1e-2}))
+        cases.append(Case("x 形状 (2, 2, 2)，eps=1e-3", (wavy, r.normal(2, 2, 2, dtype=torch.float64)), {"eps": 1e-3},
+                          tags=frozenset({G("eps")})))
+        cases.append(Case("x 为 float32，eps=1e-2", (cubic, r.normal(6)), {"eps": 1e-2}, tags=frozenset({G("eps")})))
     return cases
 
 
@@ -841,7 +879,7 @@ def _robust_fit_cases(r: Rand, hidden: bool):
         outliers = (x > 1.0) & (r.uniform(n, dtype=dtype) < 0.3)
         y = torch.where(outliers, y - r.uniform(n, low=8.0, high=15.0, dtype=dtype), y)
         cases.append(Case(f"含 {int(outliers.sum())} 个离群点的数据（{str(dtype)[6:]}）", (x, y),
-                          init_kwargs={"w": w, "b": b}))
+                          init_kwargs={"w": w, "b": b}, tags=frozenset({G("fit")})))
     return cases
 
 
@@ -881,7 +919,7 @@ def _imbalanced_cases(r: Rand, hidden: bool):
         x, y = _imbalanced_data(r, 1000, torch.float32)
         x_test, y_test = _imbalanced_data(r, 4000, torch.float32)
         cases.append(Case(f"训练集 1000 个样本，其中少数类 {int(y.sum())} 个", (x, y),
-                          init_kwargs={"x_test": x_test, "y_test": y_test}))
+                          init_kwargs={"x_test": x_test, "y_test": y_test}, tags=frozenset({G("fit")})))
     return cases
 
 

@@ -285,10 +285,11 @@ def focal_smp(logits, target, alpha=1.0, gamma=2.0):
 
 
 # ε is added to a probability, so it changes log p by ε/p: on the large logits the loss is
-# capped at −log ε, and where the true class has a probability near 1e-4 (two hidden cases)
-# the gradient is off by ε/p ≈ 1e-4 relative, beyond the tolerance; the feedback says so.
+# capped at −log ε; elsewhere the logits are spread so that no probability is below about
+# 2e-3 (scale 1.5), and the gradient's ε/p stays within the tolerance: only the large-logit
+# cases fail, in the notebook and after autograding alike (tests/test_scoring.py).
 @impl("focal", "kornia 0.5 losses/focal.py: softmax + eps (1e-8) and then log",
-      fails=("很大的 logits", "N=5, C=3, float64（隐藏", "N=32"), expect="softmax 概率加 ε 再取 log")
+      fails=("很大的 logits",), expect="softmax 概率加 ε 再取 log")
 def focal_kornia05(logits, target, alpha=1.0, gamma=2.0):
     input_soft = F.softmax(logits, dim=1) + 1e-8
     one_hot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
@@ -373,9 +374,10 @@ def contrastive_pairwise(x1, x2, label, margin=1.0):
 
 
 # It differs only for dissimilar pairs closer than the margin with d ≠ 0 and m ≠ 1 (at d = 0,
-# m − d² = (m − d)² = m² when m = 1): two cases.
+# m − d² = (m − d)² = m² when m = 1): the visible N=6 case and the margin cases, which hold
+# pairs well inside the margin on every seed.
 @impl("contrastive", "Caffe ContrastiveLossLayer(legacy_version=true): max(0, m − d²)",
-      fails=("N=6, D=3, float32$", "N=5, D=4, float64, margin=2（隐藏用例）$"), expect="把 margin 用在平方距离上")
+      fails=("N=6, D=3, float32$", "margin=2", "margin=0.5"), expect="把 margin 用在平方距离上")
 def contrastive_caffe_legacy(x1, x2, label, margin=1.0):
     d2 = ((x1 - x2) ** 2).sum(1)
     return ((1 - label) * d2 + label * torch.clamp(margin - d2, min=0)).mean()
