@@ -135,16 +135,40 @@ def cmd_report(args):
 
 
 def cmd_restore(args):
-    from .gradebook import list_backups, restore
+    from .gradebook import backup_records, restore
 
     root = _root(args)
+    records = backup_records(root)
     if args.list:
-        for path in list_backups(root):
-            print(path)
+        if not records:
+            print("no gradebook backups yet (each autograde batch takes one first)")
+            return 0
+        print(f"gradebook backups in {os.path.dirname(records[0]['path'])}/, oldest first: "
+              "`lossgrader restore NAME` brings one back, `lossgrader restore` the newest (the last)")
+        for record in records:
+            print(f"{record['name']}  {_local_time(record['time'])}  {_preceded(record)}")
         return 0
     path = restore(root, args.backup)
-    print(f"restored {path} -> gradebook.db (the previous gradebook was backed up first)")
+    was = {r["path"]: r for r in records}.get(path)
+    print(f"restored {path} -> gradebook.db" + (f" (taken {_local_time(was['time'])}, {_preceded(was)})" if was else "")
+          + "; the gradebook it replaced was backed up first")
     return 0
+
+
+def _local_time(when):
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _preceded(record, shown=5):
+    """What a backup was taken before, and the hand-ins graded after it (what restoring it takes back)."""
+    if record["graded"] is None:
+        return "made by an older lossgrader: what it preceded is not recorded"
+    graded = record["graded"]
+    text = f"before {record['before']}; "
+    if not graded:
+        return text + "nothing graded after it"
+    more = f" and {len(graded) - shown} more" if len(graded) > shown else ""
+    return text + f"graded after it: {len(graded)} hand-in{'s' if len(graded) > 1 else ''} ({', '.join(graded[:shown])}{more})"
 
 
 def cmd_demo(args):
@@ -234,7 +258,9 @@ def build_parser():
 
     p = sub.add_parser("restore", help="bring back a gradebook backup (default: the newest)")
     p.add_argument("backup", nargs="?", default=None, help="backup file name or path (see --list)")
-    p.add_argument("--list", action="store_true", help="list the backups, newest last")
+    p.add_argument("--list", action="store_true",
+                   help="list the backups, oldest first and newest last, each with the time it was taken, what it "
+                        "was taken before (an autograde batch, a restore) and the hand-ins graded after it")
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("demo", help="grade the sample class in samples/submitted/ end to end, in a scratch "

@@ -254,6 +254,12 @@ def feedback(root, only_assignments=None, only_students=None, progress=True, str
                     page = renderer.render(nb_path, student, aid, max_page_bytes,
                                            assignment_notebook=os.path.join(source, name + ".ipynb"))
                 except Exception as exc:
+                    from nbgrader.api import MissingEntry
+                    if isinstance(exc, MissingEntry):   # not in the gradebook: a restore took its grades away
+                        stream.write(f"feedback: {student}/{aid} skipped: its grades are not in the gradebook "
+                                     f"({exc}); was it restored from a backup taken before this hand-in was "
+                                     f"graded? `lossgrader autograde {aid} --student {student}` grades it again\n")
+                        continue
                     raise RuntimeError(f"feedback for {student}/{aid}/{name} failed: "
                                        f"{exc.__class__.__name__}: {exc}") from exc
             _write(path, page)

@@ -33,6 +33,7 @@ transaction; ``backup`` runs ``pg_dump`` (or logs "no backup for this URL" when 
 """
 import contextlib
 import datetime
+import json
 import logging
 import math
 import os
@@ -532,9 +533,14 @@ def _copy_database(source, dest):
     os.replace(part, dest)
 
 
-def backup(root, keep=KEEP_BACKUPS):
+def backup(root, keep=KEEP_BACKUPS, before=None):
     """Copy the gradebook into .lossgrader/backups/gradebook-<UTC timestamp>.db; returns its
     path, or None when there is nothing to back up (no gradebook yet, an in-memory one).
+
+    ``before``: what the backup is taken before, as ``lossgrader restore --list`` says it
+    (default: an autograde batch); kept beside it in ``<backup>.json`` with the time of
+    every hand-in's entry in lossgrader-status.json, so that the listing can name the
+    hand-ins graded after it (``backup_records``).
 
     A PostgreSQL gradebook is dumped with ``pg_dump --format=custom`` into
     gradebook-<UTC timestamp>.pgdump instead (see _dump_server); without pg_dump, or for
@@ -546,16 +552,76 @@ def backup(root, keep=KEEP_BACKUPS):
     url = db_url(root)
     path = sqlite_path(url)
     if path is None:
-        return _dump_server(root, url, keep) if _is_server(url) else None
+        return _dump_server(root, url, keep, before) if _is_server(url) else None
     check_readable(url)
     if not os.path.exists(path):
         return None
     directory = _clean_backup_dir(root, ".db.part")
     dest = _unique(directory, "gradebook")
     _copy_database(path, dest)
+    _write_record(root, dest, before)
+    _rotate(root, keep)
+    return dest
+
+
+BACKUP_RECORD = ".json"             # <backup>.json: what a backup preceded (backup_records)
+BEFORE_BATCH = "an autograde batch"
+
+
+def _write_record(root, dest, before):
+    """<dest>.json: what the backup ``dest`` is taken before, and the time of every
+    hand-in's status entry then (what changes after it tells the batch that followed)."""
+    status = course.read_status(root)
+    record = {"before": before or BEFORE_BATCH,
+              "status": {key: str(entry.get("time", "")) for key, entry in status.items()
+                         if isinstance(entry, dict)}}
+    tmp = dest + BACKUP_RECORD + ".part"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(record, fh, ensure_ascii=False, sort_keys=True)
+        os.replace(tmp, dest + BACKUP_RECORD)
+    except OSError as exc:          # the backup itself is there: the listing says "not recorded"
+        log.warning("could not record what the backup %s precedes: %s", dest, exc)
+
+
+def _rotate(root, keep):
+    """Delete the backups past the newest ``keep`` (and their records)."""
     for old in list_backups(root)[max(1, keep):]:
         os.remove(old)
-    return dest
+        if os.path.exists(old + BACKUP_RECORD):
+            os.remove(old + BACKUP_RECORD)
+
+
+def backup_records(root):
+    """The backups, oldest first (the order ``lossgrader restore --list`` prints them), each
+    a dict: ``path``, ``name``, ``time`` (aware UTC datetime, from the name), ``before``
+    (what it was taken before: "an autograde batch", "lossgrader restore NAME",
+    "registering ASSIGNMENT...", or None for a backup made by an older lossgrader) and
+    ``graded``: the hand-ins ("student/assignment") whose status entry changed between it
+    and the next backup (for the newest: until now), i.e. what restoring it takes back;
+    None when not recorded."""
+    paths = list(reversed(list_backups(root)))
+    records = []
+    for path in paths:
+        try:
+            with open(path + BACKUP_RECORD, encoding="utf-8") as fh:
+                record = json.load(fh)
+            record = record if isinstance(record, dict) and isinstance(record.get("status"), dict) else None
+        except (OSError, ValueError):
+            record = None
+        m = (_BACKUP_NAME.match(os.path.basename(path)) or _DUMP_NAME.match(os.path.basename(path)))
+        when = datetime.datetime.strptime(m.group(1), "%Y%m%dT%H%M%S.%f").replace(tzinfo=datetime.timezone.utc)
+        records.append({"path": path, "name": os.path.basename(path), "time": when,
+                        "before": record.get("before") if record else None,
+                        "status": record.get("status") if record else None})
+    now = {key: str(entry.get("time", "")) for key, entry in course.read_status(root).items()
+           if isinstance(entry, dict)}
+    for n, record in enumerate(records):
+        after = records[n + 1]["status"] if n + 1 < len(records) else now
+        mine = record.pop("status")
+        record["graded"] = (None if mine is None or after is None else
+                            sorted(key for key, when in after.items() if mine.get(key) != when))
+    return records
 
 
 def _clean_backup_dir(root, part_suffix):
@@ -583,7 +649,7 @@ def _libpq_target(url):
     return target, env
 
 
-def _dump_server(root, url, keep):
+def _dump_server(root, url, keep, before=None):
     """backup() for a database server: pg_dump of a PostgreSQL gradebook, else a warning."""
     from sqlalchemy.engine import make_url
 
@@ -615,8 +681,8 @@ def _dump_server(root, url, keep):
                     "version is needed); rely on the database server's own backups", safe, problem)
         return None
     os.replace(dest + ".part", dest)
-    for old in list_backups(root)[max(1, keep):]:
-        os.remove(old)
+    _write_record(root, dest, before)
+    _rotate(root, keep)
     return dest
 
 
@@ -670,7 +736,7 @@ def restore(root, name=None):
             except GradebookError:
                 readable = False
             if readable:
-                backup(root)
+                backup(root, before=f"lossgrader restore {os.path.basename(chosen)}")
             else:
                 os.makedirs(directory, exist_ok=True)
                 aside = _unique(directory, "gradebook-broken")
@@ -743,7 +809,7 @@ def register(root, assignment_ids, force=False):
     have = registered_assignments(root)
     todo = [aid for aid in assignment_ids if force or aid not in have]
     if todo:
-        backup(root)
+        backup(root, before="registering " + ", ".join(todo))
     for aid in todo:
         cfg = course_config(root)
         cfg.CourseDirectory.db_url = url
@@ -1084,14 +1150,36 @@ def submission_scores(url, assignment, student):
         return None if found is None else found[:3]
 
 
+NO_NOTEBOOK = "no notebook handed in"
+NOT_GRADED = ("not graded: in submitted/ but not in the gradebook (not autograded yet, or a restore "
+              "took its grades away; lossgrader autograde grades it)")
+
+
+def _no_notebook(root, student, assignment):
+    """NO_NOTEBOOK and what the hand-in's folder holds, when it holds no notebook; else None."""
+    folder = os.path.join(root, course.directory(root, "submitted_directory", "submitted"), student, assignment)
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return None
+    if any(name.endswith(".ipynb") for name in names):
+        return None
+    files = [n for n in names if n not in course.NBGRADER_FILES and not n.startswith(".")]
+    return NO_NOTEBOOK + (f" (handed in: {', '.join(files[:10])}{' ...' if len(files) > 10 else ''})"
+                          if files else "")
+
+
 def grade_rows(root):
     """One row per (student, assignment) known to the gradebook or found in submitted/:
     {"student_id", "assignment", "score", "max_score", "status", "reason"}.
 
     status: "autograded", "failed" (reason from lossgrader-status.json), "missing" (no
-    submission) or "needs manual grading" (nbgrader's needs_manual_grade: a cell without an
-    auto score, or one whose manual score should be reviewed after autograding again).
-    Read-only."""
+    grade: "no submission", or NOT_GRADED when the hand-in is in submitted/ but not in the
+    gradebook: not autograded yet, or a restore took its grades away) or "needs manual
+    grading" (nbgrader's needs_manual_grade: a cell without an auto score, or one whose
+    manual score should be reviewed after autograding again). A failed hand-in whose folder
+    in submitted/ holds no notebook (collect's "no notebook": only .py, .pdf, online text)
+    has the reason NO_NOTEBOOK and the files it holds. Read-only."""
     from nbgrader.api import (Assignment, BaseCell, Grade, Student, SubmittedAssignment,
                               SubmittedNotebook)
 
@@ -1101,6 +1189,7 @@ def grade_rows(root):
         if db is None:
             return rows
         assignments = sorted((a for a in db.query(Assignment) if a.notebooks), key=lambda a: a.name)
+        handed_in = set(course.submissions(root))
         known = set(course.assignments(root)) | {a.name for a in assignments}
         students = sorted({s.id for s in db.query(Student)} | course.submitted_students(root, known))
         # two queries for the whole class (not two per submission)
@@ -1126,11 +1215,14 @@ def grade_rows(root):
                 entry = entry if isinstance(entry, dict) else {}
                 if found is None:
                     score, max_score = 0.0, float(assignment.max_score or 0.0)
-                    state, reason = "missing", "no submission"
+                    state = "missing"
+                    reason = NOT_GRADED if (student, assignment.name) in handed_in else "no submission"
                 else:
                     score, max_score = found
                     state = entry.get("status", "autograded")
                     reason = entry.get("reason", "")
+                    if state == "failed":
+                        reason = _no_notebook(root, student, assignment.name) or reason
                     to_grade = manual.get((assignment.name, student))
                     if state != "failed" and to_grade:
                         state, reason = "needs manual grading", "cells to grade by hand: " + ", ".join(sorted(to_grade))
