@@ -60,8 +60,12 @@ def cmd_collect(args):
         print(f"{row['status']}: {row['file']}"
               + (f" ({row['student_id']}/{row['assignment']})" if row["student_id"] and row["assignment"] else "")
               + (f": {row['detail']}" if row["detail"] else ""))
+    for message in copied.same_person:
+        print(f"warning: {message}")
     unmatched = sum(1 for r in copied.rows if r["status"] == "unmatched")
     print(f"{len(copied)} submissions collected ({copied.format} layout)"
+          + (f", {len(copied.no_notebook)} of them without a notebook (no notebook: 0 when autograded)"
+             if copied.no_notebook else "")
           + (f"; {unmatched} files could not be matched" if unmatched else "") + f"; report: {copied.report}")
     return 0 if copied else 1
 
@@ -110,14 +114,18 @@ def cmd_export(args):
     root = _root(args)
     if args.format != "csv":
         try:
-            path, rows, problems = export_lms(root, args.format, to=args.to, roster=args.roster,
-                                              assignment=args.assignment, column=args.column,
-                                              points=args.points, worksheet=args.worksheet)
+            path, rows, notes = export_lms(root, args.format, to=args.to, roster=args.roster,
+                                           assignment=args.assignment, column=args.column,
+                                           points=args.points, worksheet=args.worksheet, language=args.language)
         except (ExportError, CollectError, OSError) as exc:
             print(f"lossgrader export: {exc}", file=sys.stderr)
             return 2
-        for problem in problems:
+        for problem in notes:
             print(f"left out: {problem}")
+        for mark in notes.marked:
+            print(f"marked: {mark}")
+        for note in notes.notes:
+            print(f"note: {note}")
         print(f"written: {path} ({len(rows)} students, {args.format} gradebook import)")
         return 0 if rows else 1
     path, rows = export(root, args.to)
@@ -244,11 +252,17 @@ def build_parser():
     p.add_argument("--roster", default=None, help="CSV with the students' platform ids (see docs/instructor.md)")
     p.add_argument("--assignment", default=None, help="the one assignment to export (required for Moodle)")
     p.add_argument("--column", default=None,
-                   help="Canvas column title, e.g. 'Homework 2 (12345)' from a Canvas gradebook export")
+                   help="Canvas column title, e.g. 'Homework 2 (12345)' from a Canvas gradebook export (default: the "
+                        "--worksheet or --roster column that names the assignment)")
     p.add_argument("--points", type=float, default=None,
                    help="rescale scores to this maximum (the assignment's points on the platform)")
     p.add_argument("--worksheet", default=None,
-                   help="Moodle: fill in the grading worksheet downloaded from Moodle instead of writing a new one")
+                   help="Moodle: fill in the grading worksheet downloaded from Moodle (English or Chinese) instead "
+                        "of writing a new one; Canvas: a Canvas gradebook export, for the column titles, points, "
+                        "names and sections")
+    p.add_argument("--language", choices=["en", "zh_cn"], default=None,
+                   help="Moodle: the teacher's interface language of a new worksheet (column names, 'Participant N' "
+                        "or '参与人N'); default: the worksheet's, else en")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="write the class report (one offline HTML page for the instructor)")

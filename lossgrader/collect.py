@@ -24,10 +24,14 @@ grades back.
 Several hand-ins of one student for one assignment: the latest is kept (highest submission
 id, then Canvas re-submission number, then timestamp/file time); the others are reported as
 superseded. A hand-in already in submitted/ that differs from the one collected is replaced,
-its previous copy kept under ``.lossgrader/replaced/`` and the replacement reported. Every
-file of the source gets one row in the report: copied, replaced, unchanged, superseded,
-unmatched, skipped (assignment not selected) or ignored (not a notebook, a symbolic link or
-other non-regular file, an unreadable zip entry, past the extraction cap).
+its previous copy kept under ``.lossgrader/replaced/`` and the replacement reported. A
+student who handed in files but no notebook (a .py, a .pdf, Moodle's online text) is a
+hand-in without one: the files go to submitted/<student>/<assignment>/ and autograde gives
+it 0 with the reason. Every file of the source gets one row in the report: copied,
+replaced, unchanged, superseded, no notebook, unmatched, skipped (assignment not selected)
+or ignored (not a notebook beside a notebook, a symbolic link or other non-regular file, an
+unreadable zip entry, past the extraction cap). One platform id under two student ids in
+submitted/ (a download collected with and without a roster) is reported.
 
 A source folder may be shared with the students, so collect never follows a symbolic link
 in it: links (to files or folders) and non-regular files (FIFOs, sockets, devices) are
@@ -87,7 +91,12 @@ SKIP_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db", ".ipynb_checkpoints"}
 
 CANVAS_RE = re.compile(r"^(?P<name>[^_/]*)_(?:(?P<late>late)_)?(?P<uid>\d+)_(?P<sub>\d+)_(?P<file>[^/]+)$",
                        re.IGNORECASE)
-MOODLE_RE = re.compile(r"(?:^|/)(?P<name>[^/_]+)_(?P<pid>\d+)_assignsubmission_file(?:_?/(?P<path>.+)|_(?P<flat>[^/]+))$")
+# Moodle names each file <Full name>_<participant id>_assignsubmission_<plugin>_... by the
+# submission plugin that holds it: "file" (uploaded files), "onlinetext" (the text typed
+# into Moodle's editor, as onlinetext.html, with its images), others for add-on plugins
+MOODLE_RE = re.compile(r"(?:^|/)(?P<name>[^/_]+)_(?P<pid>\d+)_assignsubmission_(?P<plugin>[a-z0-9]+)"
+                       r"(?:_?/(?P<path>.+)|_(?P<flat>[^/]+))$")
+ONLINE_TEXT = "onlinetext"
 RESUBMIT_RE = re.compile(r"^(?P<stem>.*?)(?:-(?P<n>\d+)| \((?P<m>\d+)\))$")
 
 
@@ -143,8 +152,9 @@ class Roster:
     COLUMNS = ("student_id", "canvas_id", "moodle_id", "platform_id", "name", "email",
                "sis_user_id", "sis_login_id", "section")
 
-    def __init__(self, rows):
+    def __init__(self, rows, columns=()):
         self.rows = rows
+        self.columns = list(columns)     # the header as written (other columns may name Canvas assignments)
         self.by = {}
         twice = set()           # (column, value) of two different students: never matched
         for row in rows:
@@ -179,7 +189,7 @@ class Roster:
         if bad:
             raise CollectError(f"{path}: a student_id names a folder in submitted/, these cannot: "
                                + "; ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""))
-        return cls(rows)
+        return cls(rows, [h.strip() for h in header.values()])
 
     def find(self, **keys):
         """The roster row of the first key that matches (keys: column=value), or None."""
@@ -207,6 +217,8 @@ class Candidate:
     note: str = ""
     explicit: bool = False            # the assignment comes from a pattern's own group
     stamp: str = ""                   # a pattern's timestamp group (the submission time when it reads as one)
+    inner: str = ""                   # the file's own name, as the student uploaded it
+    kind: str = ""                    # "online text" for a Moodle online-text entry
 
 
 def load_lms_ids(root):
@@ -506,9 +518,10 @@ def _parse_nbgrader(files, top, known):
         for e in notebooks:
             if pick and e is not pick[0]:
                 rows.append(_row(e[0], "ignored", student, aid, detail=f"another notebook beside {pick[0][0]}"))
-        if not pick:
-            for e in entries:
-                rows.append(_row(e[0], "unmatched", student, aid, detail="no notebook in this hand-in folder"))
+        if not pick:            # a hand-in folder without a notebook: collect's "no notebook"
+            for rel, path in entries:
+                cands.append(Candidate(rel, path, student=student, assignment=aid, platform_id=student,
+                                       rank=(_mtime(path),), inner=rel.split("/", 2)[2]))
             continue
         cands.append(Candidate(pick[0][0], pick[0][1], student=student, assignment=aid, platform_id=student,
                                rank=(max(_mtime(p) for _, p in entries),), extras=extras))
@@ -529,7 +542,7 @@ def _parse_canvas(files, top, known):
         cands.append(Candidate(rel, path, platform_id=m.group("uid"), name=m.group("name"),
                                assignment=_assignment_from_name(m.group("file"), known),
                                rank=(int(m.group("sub")), again, _mtime(path)),
-                               note="late" if m.group("late") else ""))
+                               note="late" if m.group("late") else "", inner=m.group("file")))
     return cands, rows
 
 
@@ -545,9 +558,11 @@ def _parse_moodle(files, top, known):
         inner = m.group("path") or m.group("flat")
         stem = os.path.splitext(os.path.basename(inner))[0]
         _, again = _resubmission(stem)
+        online = m.group("plugin") == ONLINE_TEXT
         cands.append(Candidate(rel, path, platform_id=m.group("pid"), name=m.group("name"),
-                               assignment=_assignment_from_name(inner, known),
-                               rank=(_mtime(path), again)))
+                               assignment=None if online else _assignment_from_name(inner, known),
+                               rank=(_mtime(path), again), inner=inner,
+                               kind="online text" if online else ""))
     return cands, rows
 
 
@@ -567,7 +582,7 @@ def _parse_pattern(regex, files, top, known):
         _, again = _resubmission(stem)
         cands.append(Candidate(rel, path, platform_id=student, name=student, assignment=aid,
                                rank=(stamp, again, _mtime(path)), explicit=bool(groups.get("assignment")),
-                               stamp=stamp))
+                               stamp=stamp, inner=os.path.basename(rel)))
     return cands, rows
 
 
@@ -663,58 +678,68 @@ def collect(root, source, only_assignments=None, fmt="auto", pattern=None, roste
         sharing = {}
         if roster is None and used in ("moodle", "pattern"):
             for c in cands:
-                if c.rel.endswith(".ipynb") and c.student is None:
+                if c.student is None:
                     sharing.setdefault(_who(used, c, None)[0], {}).setdefault(c.platform_id, c.name)
-        groups = {}
-        for c in cands:
-            if not c.rel.endswith(".ipynb"):
-                rows.append(_row(c.rel, "ignored", platform_id=c.platform_id, detail="not a notebook (.ipynb)"))
-                continue
+
+        def resolve(c):
+            """Set c.student and c.assignment; the report row saying why not, or None."""
             if c.student is None or roster is not None:
                 c.student, why = _who(used, c, roster)
                 if why:
-                    rows.append(_row(c.rel, "unmatched", platform_id=c.platform_id, detail=why))
-                    continue
+                    return _row(c.rel, "unmatched", platform_id=c.platform_id, detail=why)
                 same = sharing.get(c.student, {})
                 if len(same) > 1:
                     who = "participants" if used == "moodle" else "students"
                     names = sorted(set(same.values()))
-                    rows.append(_row(c.rel, "unmatched", platform_id=c.platform_id,
-                                     detail=f"{who} {', '.join(sorted(same))}"
-                                            + (f" (called {' / '.join(map(repr, names))})" if used == "moodle" else "")
-                                            + f" would all get the student id {c.student!r}: give a roster "
-                                              "(--roster) to tell them apart"))
-                    continue
+                    return _row(c.rel, "unmatched", platform_id=c.platform_id,
+                                detail=f"{who} {', '.join(sorted(same))}"
+                                       + (f" (called {' / '.join(map(repr, names))})" if used == "moodle" else "")
+                                       + f" would all get the student id {c.student!r}: give a roster "
+                                         "(--roster) to tell them apart")
             bad_id = _id_problem(c.student)
             if bad_id:
-                rows.append(_row(c.rel, "unmatched", platform_id=c.platform_id,
-                                 detail=f"student id {c.student!r} cannot name a folder ({bad_id})"))
-                continue
+                return _row(c.rel, "unmatched", platform_id=c.platform_id,
+                            detail=f"student id {c.student!r} cannot name a folder ({bad_id})")
             named = c.assignment
             if platform and len(selected) == 1 and not c.explicit:
                 c.assignment = selected[0]
                 if named and named != c.assignment:
                     c.note = (c.note + "; " if c.note else "") + f"file named after {named}"
             if c.assignment is None:
-                rows.append(_row(c.rel, "unmatched", c.student, platform_id=c.platform_id,
-                                 detail="cannot tell the assignment: name the file <assignment>.ipynb "
-                                        "or pass --assignment ID"))
-                continue
+                return _row(c.rel, "unmatched", c.student, platform_id=c.platform_id,
+                            detail="cannot tell the assignment: name the file <assignment>.ipynb "
+                                   "or pass --assignment ID")
             if c.assignment not in known:
-                rows.append(_row(c.rel, "unmatched", c.student, c.assignment, c.platform_id,
-                                 detail=f"unknown assignment {c.assignment!r} (known: {', '.join(known)})"))
-                continue
+                return _row(c.rel, "unmatched", c.student, c.assignment, c.platform_id,
+                            detail=f"unknown assignment {c.assignment!r} (known: {', '.join(known)})")
             if selected and c.assignment not in selected:
-                rows.append(_row(c.rel, "skipped", c.student, c.assignment, c.platform_id,
-                                 detail="assignment not selected"))
-                continue
+                return _row(c.rel, "skipped", c.student, c.assignment, c.platform_id,
+                            detail="assignment not selected")
             # a file named exactly after its assignment beats a stray notebook of the same hand-in
             c.rank = (named == c.assignment,) + tuple(c.rank)
-            groups.setdefault((c.student, c.assignment), []).append(c)
+            return None
+
+        groups, others = {}, []
+        for c in cands:
+            problem = resolve(c)
+            if not c.rel.endswith(".ipynb"):
+                others.append((c, problem))
+            elif problem is not None:
+                rows.append(problem)
+            else:
+                groups.setdefault((c.student, c.assignment), []).append(c)
 
         copied = Collected()
         ids = load_lms_ids(root)
         stamp = time.strftime("%Y%m%d-%H%M%S")
+
+        def remember(student, aid, cand):
+            if used == "canvas":
+                ids.setdefault("canvas", {})[student] = {"id": cand.platform_id, "name": cand.name}
+            elif used == "moodle":
+                ids.setdefault("moodle", {}).setdefault(aid, {})[student] = {"id": cand.platform_id,
+                                                                             "name": cand.name}
+
         for (student, aid), group in sorted(groups.items()):
             group.sort(key=lambda c: c.rank)
             best = None
@@ -736,11 +761,36 @@ def collect(root, source, only_assignments=None, fmt="auto", pattern=None, roste
             if best is None:
                 continue
             copied.append((student, aid))
-            if used == "canvas":
-                ids.setdefault("canvas", {})[student] = {"id": best.platform_id, "name": best.name}
-            elif used == "moodle":
-                ids.setdefault("moodle", {}).setdefault(aid, {})[student] = {"id": best.platform_id,
-                                                                             "name": best.name}
+            remember(student, aid, best)
+
+        # files that are not notebooks: beside a notebook they are ignored; a student who
+        # handed in none (only .py, .pdf, Moodle online text) has a "no notebook" hand-in
+        with_notebook = {pair for pair, group in groups.items()}
+        students_with_notebook = {student for student, _ in groups}
+        lonely = {}
+        for c, problem in others:
+            what = "a Moodle online-text entry (the text typed into Moodle), not a notebook (.ipynb)" \
+                if c.kind == "online text" else "not a notebook (.ipynb)"
+            if problem is None and (c.student, c.assignment) not in with_notebook:
+                lonely.setdefault((c.student, c.assignment), []).append(c)
+            elif (problem is not None and c.student and c.student not in students_with_notebook
+                  and problem["detail"].startswith("cannot tell the assignment")):
+                rows.append(_row(c.rel, NO_NOTEBOOK, c.student, platform_id=c.platform_id,
+                                 detail=f"{what}; {_whose(used, c)} handed in no notebook and which assignment "
+                                        "this is cannot be told: pass --assignment ID"))
+            elif problem is not None and problem["status"] == "skipped":
+                rows.append(problem)
+            else:
+                rows.append(_row(c.rel, "ignored", c.student or "", c.assignment or "", c.platform_id, what))
+        for (student, aid), files in sorted(lonely.items()):
+            files.sort(key=lambda c: c.rank)
+            copied_files, more = _put_files(root, top, student, aid, files, stamp, _whose(used, files[-1]))
+            rows += more
+            if copied_files:
+                copied.append((student, aid))
+                copied.no_notebook.append((student, aid))
+                remember(student, aid, files[-1])
+        copied.same_person = _same_person_twice(root, ids, used, copied)
         if used in ("canvas", "moodle") and copied:
             _save_lms_ids(root, ids)
 
@@ -752,15 +802,23 @@ def collect(root, source, only_assignments=None, fmt="auto", pattern=None, roste
     return copied
 
 
-PROBLEMS = ("unmatched", "replaced", "superseded", "ignored", "skipped")
+NO_NOTEBOOK = "no notebook"
+PROBLEMS = (NO_NOTEBOOK, "unmatched", "replaced", "superseded", "ignored", "skipped")
 
 
 class Collected(list):
-    """(student, assignment) pairs collected, with the report rows, the convention used and
-    the report path."""
+    """(student, assignment) pairs collected, with the report rows, the convention used, the
+    report path, ``no_notebook`` (the pairs collected without a notebook: their files are in
+    submitted/, autograde gives 0 with the reason) and ``same_person`` (messages: one
+    platform id under two student ids in submitted/)."""
     rows = ()
     format = ""
     report = None
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.no_notebook = []
+        self.same_person = []
 
     def problems(self):
         return [r for r in self.rows if r["status"] in PROBLEMS]
@@ -821,6 +879,125 @@ def _put(root, top, student, aid, cand, stamp):
     if status != "unchanged" or not os.path.isfile(os.path.join(dest, SECRET)):
         _write(os.path.join(dest, SECRET), secrets.token_hex(64).encode())
     return status, detail, rows
+
+
+def _whose(fmt, cand):
+    """The hand-in's owner as the platform names them, for the report."""
+    if fmt == "canvas":
+        return f"Canvas user {cand.platform_id} ({cand.name})"
+    if fmt == "moodle":
+        return f"Moodle participant {cand.platform_id} ({cand.name})"
+    return f"student {cand.student or cand.platform_id!r}"
+
+
+def _file_name(inner, taken):
+    """A plain file name for submitted/<student>/<assignment>/ from the name the student
+    gave a file: its last component, no leading dot, no path separator, not one of
+    nbgrader's files, not a name already taken (then "-2", "-3", ... before the suffix)."""
+    name = re.sub(r"[/\\\0]+", "_", inner.replace("\\", "/").rsplit("/", 1)[-1]).lstrip(".") or "file"
+    name = name[:200]
+    if name in (TIMESTAMP, SECRET):
+        name = "_" + name
+    stem, ext = os.path.splitext(name)
+    n = 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}{ext}"
+    taken.add(name)
+    return name
+
+
+def _put_files(root, top, student, aid, cands, stamp, who):
+    """A hand-in without a notebook: the student's files (read safely) into
+    submitted/<student>/<aid>/, with nbgrader's timestamp.txt and submission_secret.txt,
+    so that autograde records it (0, "<aid> was not submitted") and export lists it.
+    A folder that already holds a notebook (an earlier collect) is left as it is. Returns
+    (whether the hand-in is in submitted/ now, report rows)."""
+    dest = os.path.join(root, "submitted", student, aid)
+    rows = []
+    if os.path.isdir(dest) and any(n.endswith(".ipynb") for n in os.listdir(dest)):
+        for c in cands:
+            rows.append(_row(c.rel, NO_NOTEBOOK, student, aid, c.platform_id,
+                             detail=f"{who} handed in no notebook (.ipynb) for {aid} in this download; the "
+                                    f"notebook an earlier collect brought, in submitted/{student}/{aid}/, is kept "
+                                    "and this file is not copied"))
+        return False, rows
+    read, taken, when = [], set(), None
+    for c in cands:
+        if c.inner.rsplit("/", 1)[-1] == SECRET:
+            rows.append(_row(c.rel, "ignored", student, aid, c.platform_id, detail=f"collect writes its own {SECRET}"))
+            continue
+        try:
+            data, mtime = _read(top, c.rel, limit=1024 if c.inner == TIMESTAMP else None)
+        except Refused as exc:
+            rows.append(_row(c.rel, "ignored", student, aid, c.platform_id, detail=str(exc)))
+            continue
+        if c.inner == TIMESTAMP:         # an nbgrader hand-in folder's own submission time
+            when = _parse_time(data.decode("utf-8", "replace").strip()) or when
+            continue
+        read.append((c, data, mtime))
+    if not read:
+        return False, rows
+    os.makedirs(dest, exist_ok=True)
+    changed = False
+    for c, data, mtime in read:
+        name = _file_name(c.inner or c.rel, taken)
+        target = os.path.join(dest, name)
+        try:
+            same = _read(dest, name)[0] == data
+        except Refused:
+            same = False
+        if not same:
+            _write(target, data, mtime)
+            changed = True
+        what = "a Moodle online-text entry (the text typed into Moodle)" if c.kind == "online text" else "the file"
+        rows.append(_row(c.rel, NO_NOTEBOOK, student, aid, c.platform_id,
+                         detail=f"{who} handed in no notebook (.ipynb) for {aid}: {what} is kept as "
+                                f"submitted/{student}/{aid}/{name}{' (unchanged)' if same else ''}; "
+                                "lossgrader autograde gives the hand-in 0 with the reason, export lists it"))
+    newest = max(mtime for _, _, mtime in read)
+    stamp_file = os.path.join(dest, TIMESTAMP)
+    if changed or not os.path.isfile(stamp_file):
+        when = _parse_time(max((c.stamp for c, _, _ in read), default="")) or when or \
+            datetime.datetime.fromtimestamp(newest, datetime.timezone.utc)
+        _write(stamp_file, when.strftime(TIMESTAMP_FORMAT).encode())
+    if changed or not os.path.isfile(os.path.join(dest, SECRET)):
+        _write(os.path.join(dest, SECRET), secrets.token_hex(64).encode())
+    return True, rows
+
+
+def _same_person_twice(root, ids, fmt, collected):
+    """Messages for a platform id that is two student ids in submitted/ (a download collected
+    once with --roster and once without puts one person there twice)."""
+    if fmt not in ("canvas", "moodle"):
+        return []
+    submitted = os.path.join(root, "submitted")
+    out = []
+    if fmt == "canvas":
+        seen = {}
+        for student, entry in ids.get("canvas", {}).items():
+            if isinstance(entry, dict) and os.path.isdir(os.path.join(submitted, student)):
+                seen.setdefault(str(entry.get("id")), set()).add(student)
+        for uid in sorted({str(ids["canvas"][s]["id"]) for s, _ in collected if s in ids.get("canvas", {})}):
+            if len(seen.get(uid, ())) > 1:
+                out.append(f"Canvas user {uid} is {' and '.join(sorted(seen[uid]))} in submitted/: one person "
+                           "under two student ids (a download collected once with --roster and once without?); "
+                           "export --format canvas writes one row for them and refuses when their grades "
+                           "differ; to keep one, delete the other's folder in submitted/ and run "
+                           "`nbgrader db student remove ID --force`")
+        return out
+    for aid in sorted({a for _, a in collected}):
+        seen = {}
+        for student, entry in ids.get("moodle", {}).get(aid, {}).items():
+            if isinstance(entry, dict) and os.path.isdir(os.path.join(submitted, student, aid)):
+                seen.setdefault(str(entry.get("id")), set()).add(student)
+        for pid, students in sorted(seen.items()):
+            if len(students) > 1 and any((s, aid) in collected for s in students):
+                out.append(f"Moodle participant {pid} of {aid} is {' and '.join(sorted(students))} in submitted/: "
+                           "one person under two student ids (a download collected once with --roster and once "
+                           "without?); export --format moodle writes one row for them and refuses when their "
+                           "grades differ; to keep one, delete the other's folder in submitted/")
+    return out
 
 
 def _parse_time(text):

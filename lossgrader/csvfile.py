@@ -31,12 +31,14 @@ def cell(value):
     return "'" + text if text.startswith(FORMULA_START) else text
 
 
-def write_csv(path, fields, rows):
+def write_csv(path, fields, rows, bom=False):
     """Write ``rows`` (dicts; keys not in ``fields`` are left out, missing ones empty) under
     the header ``fields``, every cell through ``cell``; atomic (a temporary file replaced
-    into place). Plain UTF-8, what Canvas's and Moodle's import pages expect by default."""
+    into place). UTF-8, what Canvas's and Moodle's import pages expect by default; with
+    ``bom`` a byte-order mark first, as Moodle writes its own worksheets (Excel then shows
+    Chinese text; Moodle's upload drops the mark)."""
     tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with open(tmp, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow([cell(f) for f in fields])
         for row in rows:
