@@ -53,6 +53,8 @@ TOP_MISTAKES = 25
 FIGURE_MISTAKES = 15
 #: Student ids listed beside a mistake before "等 N 人".
 NAMES_SHOWN = 12
+#: Case names listed in a row of the failed cases before "等 N 个".
+CASES_SHOWN = 6
 
 #: The worker's timing phases (lossgrader/worker.py), in the order a hand-in runs them.
 #: "student code in tests" is part of "test cells": the chart splits it out.
@@ -246,13 +248,28 @@ def exercise_summary(data: ClassData) -> list:
         for grade_id, points in data.cells.get(aid, []):
             counts = collections.Counter(_category(h, grade_id, points) for h in handed)
             scores = [h.cells.get(grade_id, 0.0) or 0.0 for h in handed]
+            mean = _mean(scores)
             out.append({
                 "assignment": aid, "grade_id": grade_id, "title": _title(data, grade_id),
                 "points": points, "handed_in": len(handed),
                 "counts": {name: counts.get(name, 0) for name, _ in CATEGORIES},
-                "mean": _mean(scores),
+                "mean": mean, "rate": mean / points if mean is not None and points else None,
             })
     return out
+
+
+def by_difficulty(exercises: list) -> list:
+    """The exercises hardest first: lowest mean share of the points, then most zeros; those
+    nobody handed in last. Each gets its rank (1 = hardest) as "rank"."""
+    ranked = sorted((e for e in exercises if e["rate"] is not None),
+                    key=lambda e: (e["rate"], -e["counts"]["零分"] - e["counts"]["未完成"],
+                                   e["assignment"], e["grade_id"]))
+    for rank, e in enumerate(ranked, 1):
+        e["rank"] = rank
+    rest = [e for e in exercises if e["rate"] is None]
+    for e in rest:
+        e["rank"] = None
+    return ranked + rest
 
 
 def _plain(text) -> str:
@@ -336,6 +353,41 @@ def failed_cases(data: ClassData, top: int = TOP_CASES) -> list:
         item["hint"] = hints.most_common(1)[0][0] if hints else None
         out.append(item)
     out.sort(key=lambda c: (-c["wrong"], -c["rate"], c["assignment"], c["exercise"], c["case"]))
+    return out[:top]
+
+
+def failed_case_groups(data: ClassData, top: int = TOP_CASES) -> list:
+    """The failing cases grouped by what the grader said about them: one row per
+    (assignment, exercise, hint), hint None for failures without a named mistake.
+
+    Each: {assignment, exercise, title, hint, cases: [(case name, times wrong with this
+    hint)] most first, wrong (cases judged wrong with this hint, over all hand-ins), judged
+    (how often those cases were judged at all), rate, statuses (Counter)}; most wrong first."""
+    judged = collections.Counter()
+    groups = {}
+    for h in data.handins:
+        for case in h.cases:
+            if case.status in NOT_JUDGED:
+                continue
+            judged[(h.assignment, case.exercise, case.case)] += 1
+            if case.status not in WRONG:
+                continue
+            hint = _mistake_of(case)
+            group = groups.setdefault((h.assignment, case.exercise, hint), {
+                "assignment": h.assignment, "exercise": case.exercise,
+                "title": _exercise_title(case.exercise), "hint": hint, "cases": collections.Counter(),
+                "wrong": 0, "statuses": collections.Counter()})
+            group["cases"][case.case] += 1
+            group["wrong"] += 1
+            group["statuses"][case.status] += 1
+    out = []
+    for (aid, exercise, _), group in groups.items():
+        group["judged"] = sum(judged[(aid, exercise, name)] for name in group["cases"])
+        group["rate"] = group["wrong"] / group["judged"]
+        group["cases"] = sorted(group["cases"].items(), key=lambda item: (-item[1], item[0]))
+        out.append(group)
+    out.sort(key=lambda g: (-g["wrong"], -g["rate"], g["hint"] is None, g["assignment"], g["exercise"],
+                            g["hint"] or ""))
     return out[:top]
 
 
@@ -430,11 +482,45 @@ def _svg(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
-    return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    svg = _compact_svg(buf.getvalue().decode("utf-8"))
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
+
+
+_NUMBER = re.compile(r"-?\d+\.\d{3,}")
+
+
+def _round(text) -> str:
+    """Numbers with more than two decimals rounded to two (0.01 pt: far below a pixel)."""
+    return _NUMBER.sub(lambda m: f"{float(m.group(0)):.2f}".rstrip("0").rstrip("."), text)
+
+
+def _compact_svg(svg: str) -> str:
+    """matplotlib's SVG without what an <img> does not need: the prolog, metadata and text
+    comments, the indentation, spaces inside path data, long ids, coordinates finer than
+    0.01 pt (glyph outlines are integers in font units, scaled by untouched transforms).
+    About 40% smaller: the report carries every figure twice (wide and narrow)."""
+    svg = re.sub(r"<\?xml[^>]*\?>|<!DOCTYPE[^>]*>|<metadata>.*?</metadata>|<!--.*?-->", "", svg, flags=re.S)
+    svg = re.sub(r'\bd="([^"]*)"', lambda m: 'd="' + re.sub(r" ?([A-Za-z]) ?", r"\1",
+                                                           _round(" ".join(m.group(1).split()))) + '"', svg)
+    svg = re.sub(r'\b(x|y|width|height)="([^"]*)"', lambda m: f'{m.group(1)}="{_round(m.group(2))}"', svg)
+    svg = re.sub(r"translate\(([^)]*)\)", lambda m: f"translate({_round(m.group(1))})", svg)
+    ids = {old: f"i{n}" for n, old in enumerate(dict.fromkeys(re.findall(r'\bid="([^"]+)"', svg)))}
+    if ids:
+        pattern = re.compile(r'(\bid="|#)(' + "|".join(map(re.escape, sorted(ids, key=len, reverse=True))) + r')(?=["\)])')
+        svg = pattern.sub(lambda m: m.group(1) + ids[m.group(2)], svg)
+    return re.sub(r">\s+<", "><", svg).strip()
+
+
+#: Below this viewport width (CSS px) the page shows the narrow figures: laid out for a
+#: phone (one column, labels wrapped), so that their text stays readable instead of being
+#: scaled down to a few pixels.
+NARROW_MEDIA = "(max-width: 700px)"
+#: Figure widths in inches: the wide ones fill the page at 1180 px, the narrow ones a phone.
+WIDE_IN, NARROW_IN = 9.0, 4.3
 
 
 def _figures(data, summary, exercises, named, timing) -> dict:
-    """{name: data URI} of every figure that has something to show."""
+    """{name: {"wide": data URI, "narrow": data URI}} of every figure that has something to show."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     from .cjkfont import use_cjk_font
@@ -443,27 +529,50 @@ def _figures(data, summary, exercises, named, timing) -> dict:
     with matplotlib.rc_context({"svg.hashsalt": "lossgrader-class-report", "svg.fonttype": "path",
                                 "font.size": 10}):
         use_cjk_font()
-        if any(s["handed_in"] for s in summary):
-            figures["assignments"] = _svg(_fig_assignments(data))
-        if exercises and any(e["handed_in"] for e in exercises):
-            figures["exercises"] = _svg(_fig_exercises(exercises))
-        if named:
-            figures["mistakes"] = _svg(_fig_mistakes(named[:FIGURE_MISTAKES]))
-        if timing["graded"]:
-            figures["times"] = _svg(_fig_times(timing))
+        for narrow in (False, True):
+            size = "narrow" if narrow else "wide"
+            if any(s["handed_in"] for s in summary):
+                figures.setdefault("assignments", {})[size] = _svg(_fig_assignments(data, narrow))
+            if exercises and any(e["handed_in"] for e in exercises):
+                figures.setdefault("exercises", {})[size] = _svg(_fig_exercises(exercises, narrow))
+            if named:
+                figures.setdefault("mistakes", {})[size] = _svg(_fig_mistakes(named[:FIGURE_MISTAKES], narrow))
+            if timing["graded"]:
+                figures.setdefault("times", {})[size] = _svg(_fig_times(timing, narrow))
     return figures
 
 
-def _fig_assignments(data):
+def _wrap(text, width, lines) -> str:
+    """text in at most `lines` lines of `width` columns (a CJK character takes two), with an
+    ellipsis where it was cut; "$" escaped (matplotlib would read it as mathtext)."""
+    import unicodedata
+
+    out, line, used = [], "", 0
+    for ch in " ".join(str(text).split()):
+        w = 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        if used + w > width:
+            out.append(line)
+            line, used = "", 0
+            if len(out) == lines:
+                out[-1] = out[-1][:-1] + "…"
+                return "\n".join(out).replace("$", r"\$")
+        line += ch
+        used += w
+    out.append(line)
+    return "\n".join(out).replace("$", r"\$")
+
+
+def _fig_assignments(data, narrow=False):
     """One histogram per assignment: hand-ins per score band (percent of the maximum),
     hand-ins that failed to grade stacked on top in their own colour."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     aids = [a for a in data.assignments if any(h.assignment == a and h.handed_in for h in data.handins)]
-    cols = min(3, len(aids))
+    cols = 1 if narrow else min(3, len(aids))
     rows = (len(aids) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.7 * rows), squeeze=False)
+    width = NARROW_IN if narrow else 3.6 * cols
+    fig, axes = plt.subplots(rows, cols, figsize=(width, 2.6 * rows + 0.4), squeeze=False)
     bins = np.linspace(0, 100, 11)
     for ax in axes.flat[len(aids):]:
         ax.set_visible(False)
@@ -484,60 +593,88 @@ def _fig_assignments(data):
     handles.append(plt.Line2D([0], [0], color="#c44e52", linestyle="--"))
     fig.legend(handles, ["已评分", "评分失败", "平均分"], loc="upper center", ncol=3,
                bbox_to_anchor=(0.5, 1.0), frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     return fig
 
 
-def _fig_exercises(exercises):
-    """One horizontal bar per exercise: the share of hand-ins in each score category."""
+def _label_rows(ax, labels, line_in, bar_in):
+    """Each bar gets a row of its own with its label written above it across the whole
+    width (the y axis counts about inches from the top). Returns the bars' y centres and
+    the bottom."""
+    centres, at = [], 0.0
+    for label in labels:
+        lines = label.count("\n") + 1
+        ax.text(0, at + 0.04, label, va="top", ha="left", fontsize=9, transform=ax.get_yaxis_transform(),
+                linespacing=1.15)
+        centres.append(at + 0.06 + lines * line_in + bar_in / 2)
+        at = centres[-1] + bar_in / 2 + 0.12
+    ax.set_ylim(at, 0)
+    ax.set_yticks([])
+    return centres, at
+
+
+def _fig_exercises(exercises, narrow=False):
+    """One horizontal bar per exercise, hardest first (by_difficulty): the share of
+    hand-ins in each score category."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    shown = [e for e in exercises if e["handed_in"]]
-    labels = [f"{e['assignment'][:2]} · {e['title']}" for e in shown]
-    fig, ax = plt.subplots(figsize=(9.0, 0.32 * len(shown) + 1.2))
-    y = np.arange(len(shown))
+    shown = [e for e in by_difficulty([dict(e) for e in exercises]) if e["handed_in"]]
+    labels = [f"{e['rank']}. {e['assignment'][:2]} · {_wrap(e['title'], 46 if narrow else 40, 1)}" for e in shown]
+    if narrow:
+        fig, ax = plt.subplots(figsize=(NARROW_IN, 0.58 * len(shown) + 1.3))
+        y, _ = _label_rows(ax, labels, 0.17, 0.2)
+        height = 0.2
+    else:
+        fig, ax = plt.subplots(figsize=(WIDE_IN, 0.32 * len(shown) + 1.2))
+        y, height = np.arange(len(shown)), 0.75
     left = np.zeros(len(shown))
     for name, colour in CATEGORIES:
         share = np.array([100.0 * e["counts"][name] / e["handed_in"] for e in shown])
-        ax.barh(y, share, left=left, color=colour, label=name, height=0.75, edgecolor="white", linewidth=0.5)
+        ax.barh(y, share, left=left, color=colour, label=name, height=height, edgecolor="white", linewidth=0.5)
         left += share
-    ax.set_yticks(y)
-    ax.set_yticklabels(labels)
-    ax.set_ylim(len(shown) - 0.5, -0.5)      # first exercise on top, no empty band
+    if not narrow:
+        ax.set_yticks(y)
+        ax.set_yticklabels(labels)
+        ax.set_ylim(len(shown) - 0.5, -0.5)      # hardest exercise on top, no empty band
     ax.set_xlim(0, 100)
-    ax.set_xlabel("占已提交份数的百分比")
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(CATEGORIES), frameon=False)
+    ax.set_xlabel("占已提交份数的百分比（从上到下：由难到易）")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3 if narrow else len(CATEGORIES),
+              frameon=False)
     fig.tight_layout()
     return fig
 
 
-def _fig_mistakes(named):
-    """Students per typical mistake; bars numbered like the table's rows."""
+def _fig_mistakes(named, narrow=False):
+    """Students per typical mistake: each bar under the mistake itself (the exercise and
+    the hint, wrapped, longer ones cut), numbered like the table's rows."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    fig, ax = plt.subplots(figsize=(9.0, 0.3 * len(named) + 1.0))
-    y = np.arange(len(named))
-    ax.barh(y, [len(m["students"]) for m in named], color="#c44e52", height=0.7)
-    ax.set_yticks(y)
-    ax.set_yticklabels([f"[{i}] {m['title']}" for i, m in enumerate(named, 1)])
-    ax.set_ylim(len(named) - 0.5, -0.5)
+    width, lines = (46, 3) if narrow else (118, 2)
+    labels = [_wrap(f"[{i}] {m['title']}：{m['hint']}", width, lines) for i, m in enumerate(named, 1)]
+    rows = sum(label.count("\n") + 1 for label in labels)
+    fig, ax = plt.subplots(figsize=(NARROW_IN if narrow else WIDE_IN, 0.17 * rows + 0.44 * len(named) + 0.9))
+    y, _ = _label_rows(ax, labels, 0.17, 0.2)
+    ax.barh(y, [len(m["students"]) for m in named], color="#c44e52", height=0.2)
     ax.set_xlabel("犯这个错误的学生人数")
     ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     return fig
 
 
-def _fig_times(timing):
-    """Left: seconds per graded hand-in (histogram); right: the mean hand-in of each
-    assignment, split into where its time went."""
+def _fig_times(timing, narrow=False):
+    """The seconds per graded hand-in (histogram), and the mean hand-in of each assignment
+    split into where its time went; side by side, or one above the other when narrow."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     seconds = timing["seconds"]
     per = timing["per_assignment"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11.0, 3.8), gridspec_kw={"width_ratios": [1, 1.4]})
+    if narrow:
+        fig, (left, right) = plt.subplots(2, 1, figsize=(NARROW_IN, 3.0 + 0.35 * len(per) + 3.2),
+                                          gridspec_kw={"height_ratios": [2.6, 0.35 * len(per) + 1.0]})
+    else:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11.0, 3.8), gridspec_kw={"width_ratios": [1, 1.4]})
     left.hist(seconds, bins=min(20, max(5, len(seconds) // 3)), color="#4c72b0", edgecolor="white")
     left.axvline(statistics.fmean(seconds), color="#c44e52", linestyle="--", linewidth=1.2,
                  label=f"平均 {statistics.fmean(seconds):.1f} 秒")
@@ -555,7 +692,10 @@ def _fig_times(timing):
     right.set_yticklabels([p["assignment"] for p in per])
     right.set_ylim(len(per) - 0.5, -0.5)
     right.set_xlabel("平均每份提交的耗时（秒）")
-    right.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    if narrow:
+        right.legend(loc="upper center", bbox_to_anchor=(0.4, -0.35), ncol=2, frameon=False, fontsize=8)
+    else:
+        right.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -568,6 +708,7 @@ def render(data: ClassData, generated: Optional[str] = None) -> str:
 
     summary = assignment_summary(data)
     exercises = exercise_summary(data)
+    hardest_first = by_difficulty(exercises)
     named = mistakes(data)
     timing = timing_summary(data)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
@@ -579,11 +720,12 @@ def render(data: ClassData, generated: Optional[str] = None) -> str:
     return env.get_template("index.html.j2").render(
         generated=generated or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         students=len(students), handins=sum(h.handed_in for h in data.handins),
-        assignments=data.assignments, summary=summary, exercises=exercises,
+        assignments=data.assignments, summary=summary, exercises=exercises, hardest_first=hardest_first,
+        narrow_media=NARROW_MEDIA,
         categories=[name for name, _ in CATEGORIES], colours=dict(CATEGORIES),
         mistakes=named[:TOP_MISTAKES], more_mistakes=max(0, len(named) - TOP_MISTAKES),
-        names_shown=NAMES_SHOWN, unfinished=unfinished(data),
-        cases=failed_cases(data), case_status=CASE_STATUS, failed=failed_handins(data),
+        names_shown=NAMES_SHOWN, cases_shown=CASES_SHOWN, unfinished=unfinished(data),
+        cases=failed_case_groups(data), case_status=CASE_STATUS, failed=failed_handins(data),
         timing=timing, segments=[name for name, _ in SEGMENTS],
         has_status=any(h.cases or h.timings for h in data.handins),
         figures=_figures(data, summary, exercises, named, timing))

@@ -190,6 +190,55 @@ def test_most_failed_cases(data):
     assert not any(c["exercise"] == "mse" for c in cases)       # nobody got MSE wrong
 
 
+def test_failed_cases_one_row_per_hint(data):
+    """The page's "most failed cases" groups the cases by what the grader said: the 17 Huber
+    cases that showed one hint are one row that counts them, not 17 rows."""
+    groups = cr.failed_case_groups(data, top=1000)
+    huber = [g for g in groups if g["exercise"] == "huber"]
+    assert len(huber) == 1
+    assert huber[0]["hint"] == HUBER_HINT and len(huber[0]["cases"]) == 17
+    assert (huber[0]["wrong"], huber[0]["judged"]) == (17, 34) and huber[0]["statuses"] == {"fail": 17}
+    assert len({(g["assignment"], g["exercise"], g["hint"]) for g in groups}) == len(groups)
+    # every wrong case is in exactly one group, with the hint it showed
+    assert sum(g["wrong"] for g in groups) == sum(c["wrong"] for c in cr.failed_cases(data, top=10_000))
+    bce = {g["hint"]: g for g in groups if g["exercise"] == "bce" and g["assignment"] == "03_classification"}
+    assert bce[EVIL_HINT]["cases"] == [(EVIL_CASE, 1)] and bce[None]["statuses"]["timeout"] == 1
+    assert groups == sorted(groups, key=lambda g: (-g["wrong"], -g["rate"], g["hint"] is None, g["assignment"],
+                                                   g["exercise"], g["hint"] or ""))
+
+
+def test_exercises_by_difficulty(data):
+    """Hardest first: the lowest mean share of the points, ranked 1, 2, ..."""
+    ranked = cr.by_difficulty(cr.exercise_summary(data))
+    rates = [e["rate"] for e in ranked]
+    assert rates == sorted(rates) and [e["rank"] for e in ranked] == list(range(1, len(ranked) + 1))
+    assert ranked[0]["rate"] < ranked[-1]["rate"]
+    assert {e["grade_id"] for e in ranked} == {e["grade_id"] for e in cr.exercise_summary(data)}
+
+
+def test_the_mistakes_chart_says_the_mistakes(data):
+    """Each bar of the typical-mistakes chart is labelled with the mistake (the hint), in both
+    layouts, not just a number to look up in the table."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    matplotlib.use("Agg", force=False)
+    from lossgrader.cjkfont import use_cjk_font
+
+    named = cr.mistakes(data)[:cr.FIGURE_MISTAKES]
+    for narrow in (False, True):
+        with matplotlib.rc_context(), warnings.catch_warnings():
+            warnings.simplefilter("error")                       # a missing glyph is a failure
+            use_cjk_font()
+            fig = cr._fig_mistakes(named, narrow)
+            fig.canvas.draw()
+        texts = [t.get_text().replace("\n", "") for t in fig.axes[0].texts]
+        plt.close(fig)
+        assert len(texts) == len(named)
+        for i, (text, m) in enumerate(zip(texts, named), 1):
+            assert text.startswith(f"[{i}] {m['title']}：{m['hint'][:8]}"), text
+        assert any(HUBER_HINT in text for text in texts)
+
+
 def test_failed_handins_and_times(data):
     failed = {(f["student"], f["assignment"]): f for f in cr.failed_handins(data)}
     assert set(failed) == {(EVIL_ID, "02_regression"), (SLOW, "06_code")}
@@ -299,6 +348,85 @@ def test_report_in_an_offline_browser(page, tmp_path_factory):
     for text in (EVIL_ID, EVIL_REASON, HUBER_HINT, "demo_unfinished", "评分超过了整份作业的时间限制"):
         assert text in found["text"]
     assert (shots / "class_report.png").stat().st_size > 50_000
+
+
+#: How the page fits the viewport: page-wide scrolling, headers broken over lines, tables
+#: outside a scroll box of their own (focusable, named), and which figure layout is shown
+#: at what scale (1 = the SVG's own size, where its text is 9-10 pt).
+LAYOUT_JS = r"""
+(() => {
+  const doc = document.documentElement;
+  const tall = Array.from(document.querySelectorAll("th")).filter((th) => {
+    const box = th.getBoundingClientRect();
+    return box.height > 1.7 * parseFloat(getComputedStyle(th).lineHeight) + 8;
+  }).map((th) => th.innerText);
+  const tables = Array.from(document.querySelectorAll("table"));
+  const unboxed = tables.filter((t) => {
+    const box = t.parentElement;
+    return !(box.classList.contains("table-scroll") && getComputedStyle(box).overflowX === "auto" &&
+             box.tabIndex === 0 && box.getAttribute("role") === "region" && box.getAttribute("aria-label"));
+  }).length;
+  const figures = Array.from(document.images).map((img) => ({
+    id: img.id, layout: img.currentSrc === img.src ? "wide" : "narrow",
+    scale: img.getBoundingClientRect().width / img.naturalWidth, right: img.getBoundingClientRect().right}));
+  return {scrollWidth: doc.scrollWidth, width: doc.clientWidth, tall, tables: tables.length, unboxed, figures};
+})()
+"""
+
+
+@pytest.mark.skipif(not find_chromium() and os.environ.get("CI") != "true", reason="Chromium is not installed")
+@pytest.mark.parametrize("width", [390, 1280])
+def test_report_fits_a_phone_and_a_desktop(page, tmp_path_factory, width):
+    """At 390 px (a phone) the page does not scroll sideways: each table scrolls in its own
+    box (reachable by keyboard), no header is broken one character per line, and the
+    figures are the narrow layouts shown at nearly their own size (readable text); at 1280
+    px the wide ones."""
+    path, _ = page
+    shots = Path(SHOTS) if SHOTS else tmp_path_factory.mktemp("screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    with Browser(width=width, height=844, offline=True) as browser:
+        browser.open(path.as_uri())
+        layout = browser.evaluate(LAYOUT_JS)
+        problems = browser.problems()
+        browser.page.screenshot(path=str(shots / f"class_report_{width}.png"))
+    assert not problems, problems
+    assert layout["scrollWidth"] == layout["width"] == width - (0 if width == 390 else 0)
+    assert not layout["tall"], layout["tall"]
+    assert layout["tables"] >= 8 and layout["unboxed"] == 0
+    assert [f["id"] for f in layout["figures"]] == ["fig-assignments", "fig-exercises", "fig-mistakes", "fig-times"]
+    for figure in layout["figures"]:
+        assert figure["layout"] == ("narrow" if width < 700 else "wide"), figure
+        assert figure["right"] <= width and figure["scale"] >= (0.75 if width < 700 else 0.5), figure
+
+
+EXERCISE_ROWS_JS = r"""
+Array.from(document.querySelectorAll("#exercises table")).filter((t) => t.offsetParent !== null)
+  .map((t) => Array.from(t.tBodies[0].rows).map((r) => [r.cells[0].innerText, r.cells[1].innerText, r.cells[2].innerText]))
+"""
+
+
+@pytest.mark.skipif(not find_chromium() and os.environ.get("CI") != "true", reason="Chromium is not installed")
+def test_exercises_sort_by_difficulty_without_a_script(page, data):
+    """The exercise table is shown hardest first; two radio buttons (mouse or arrow keys,
+    no script: the page has none) switch to the assignment order and back."""
+    path, _ = page
+    by_assignment = [(e["assignment"], e["title"]) for e in cr.exercise_summary(data)]
+    hardest = [(e["assignment"], e["title"]) for e in cr.by_difficulty(cr.exercise_summary(data))]
+    assert by_assignment != hardest
+    with Browser(offline=True) as browser:
+        browser.open(path.as_uri())
+        shown = [browser.evaluate(EXERCISE_ROWS_JS)]
+        browser.page.click("label[for=ex-by-assignment]")
+        shown.append(browser.evaluate(EXERCISE_ROWS_JS))
+        browser.page.focus("#ex-by-assignment")
+        browser.page.keyboard.press("ArrowLeft")
+        shown.append(browser.evaluate(EXERCISE_ROWS_JS))
+        scripts = browser.evaluate("document.scripts.length")
+    assert scripts == 0 and all(len(tables) == 1 for tables in shown)
+    first, second, third = (tables[0] for tables in shown)
+    assert [(a, t) for _, a, t in first] == hardest and [r for r, _, _ in first] == [str(i) for i in range(1, len(first) + 1)]
+    assert [(a, t) for _, a, t in second] == by_assignment
+    assert third == first
 
 
 def test_the_report_reads_a_postgresql_gradebook(tmp_path):
