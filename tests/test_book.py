@@ -28,7 +28,8 @@ from bookbuild import (  # noqa: E402
 from lossbook import exercise_colab_url  # noqa: E402  (book/_ext, put on sys.path by bookbuild)
 
 #: Navigation of the book: the preface, then the seed tutorial's sections in the seed's
-#: order with the seed's titles, then the errata appendix. (docname, title, number)
+#: order with the seed's titles, then the appendices: the notation table and the errata.
+#: (docname, title, number)
 EXPECTED_NAV = [
     ("book/00_preface", "前言", None),
     ("book/01_overview", "损失函数概述", 1),
@@ -38,6 +39,7 @@ EXPECTED_NAV = [
     ("book/05_selection", "损失函数选择", 5),
     ("book/06_code", "代码实现", 6),
     ("book/07_summary", "总结", 7),
+    ("book/notation", "记号表", None),
     ("book/appendix_errata", "勘误", None),
 ]
 #: Chapters and the exercise notebook that each one links.

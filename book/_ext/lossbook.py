@@ -162,10 +162,46 @@ def _dedupe_scripts(app: Sphinx, pagename, templatename, context, doctree) -> No
     scripts[:] = unique
 
 
+#: ``{glue:text}`path/to/notebook.ipynb::key:fmt``` -- a value computed in another page.
+_CROSS_GLUE_RE = re.compile(r"\{glue(?::\w+)?\}`([^`:]+?\.ipynb)::")
+
+
+def _cross_glue_dependents(app: Sphinx, env, added, changed, removed) -> list[str]:
+    """Pages that paste values from a notebook being re-read are re-read too.
+
+    MyST-NB resolves ``{glue:text}`other.ipynb::key``` when the page is written, from the
+    other notebook's cached outputs; Sphinx does not know that the page depends on that
+    notebook, so an incremental build would keep the old number in, e.g., the summary.
+    Markdown pages and notebooks are both scanned.
+    """
+    touched = set(added) | set(changed)
+    if not touched:
+        return []
+    srcdir = Path(app.srcdir)
+    stale = []
+    for docname in env.found_docs - touched:
+        path = next((srcdir / f"{docname}{ext}" for ext in (".md", ".ipynb")
+                     if (srcdir / f"{docname}{ext}").exists()), None)
+        if path is None:
+            continue
+        # the raw text will do for notebooks too: the role is written literally in the JSON
+        for ref in _CROSS_GLUE_RE.findall(path.read_text(encoding="utf-8")):
+            target = (path.parent / ref).resolve()
+            try:
+                target_doc = str(target.relative_to(srcdir.resolve()).with_suffix(""))
+            except ValueError:
+                continue
+            if target_doc in touched:
+                stale.append(docname)
+                break
+    return stale
+
+
 def setup(app: Sphinx) -> dict:
     app.add_config_value("lossbook_check_exercises", True, "env", types=[bool])
     app.add_role("exercise", exercise_role)
     app.connect("config-inited", _configure_search)
     # Early: the html-page-context chain stops at the first handler returning a template.
     app.connect("html-page-context", _dedupe_scripts, priority=100)
+    app.connect("env-get-outdated", _cross_glue_dependents)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
