@@ -227,6 +227,8 @@ ERRATA_ITEMS = {
     ".view(-1) fails on non-contiguous tensors": [r"\.view\(-1\)", r"contiguous|连续", r"reshape"],
     "contrastive label convention": [r"对比损失|[Cc]ontrastive", r"y\s*=\s*0", r"y\s*=\s*1"],
     "focal loss p_t and alpha": [r"[Ff]ocal", r"p_t|p_\{t\}", r"\\alpha_t|\\alpha_\{t\}|alpha_t"],
+    "focal loss does not itself rebalance classes": [r"解决类别不平衡", r"简单样本", r"加权交叉熵",
+                                                     r"pos_weight"],
 }
 
 
