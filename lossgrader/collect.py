@@ -784,7 +784,8 @@ def collect(root, source, only_assignments=None, fmt="auto", pattern=None, roste
                 rows.append(_row(c.rel, "ignored", c.student or "", c.assignment or "", c.platform_id, what))
         for (student, aid), files in sorted(lonely.items()):
             files.sort(key=lambda c: c.rank)
-            copied_files, more = _put_files(root, top, student, aid, files, stamp, _whose(used, files[-1]))
+            copied_files, more = _put_files(root, top, student, aid, files, stamp, _whose(used, files[-1]),
+                                            nbgrader_folder=used == "nbgrader")
             rows += more
             if copied_files:
                 copied.append((student, aid))
@@ -895,7 +896,9 @@ def _file_name(inner, taken):
     gave a file: its last component, no leading dot, no path separator, not one of
     nbgrader's files, not a name already taken (then "-2", "-3", ... before the suffix)."""
     name = re.sub(r"[/\\\0]+", "_", inner.replace("\\", "/").rsplit("/", 1)[-1]).lstrip(".") or "file"
-    name = name[:200]
+    while len(name.encode("utf-8", "surrogateescape")) > 200:     # a file name has at most 255 bytes
+        stem, ext = os.path.splitext(name)
+        name = stem[:-1] + ext if len(stem) > 1 else name[:-1]
     if name in (TIMESTAMP, SECRET):
         name = "_" + name
     stem, ext = os.path.splitext(name)
@@ -907,12 +910,15 @@ def _file_name(inner, taken):
     return name
 
 
-def _put_files(root, top, student, aid, cands, stamp, who):
+def _put_files(root, top, student, aid, cands, stamp, who, nbgrader_folder=False):
     """A hand-in without a notebook: the student's files (read safely) into
     submitted/<student>/<aid>/, with nbgrader's timestamp.txt and submission_secret.txt,
     so that autograde records it (0, "<aid> was not submitted") and export lists it.
-    A folder that already holds a notebook (an earlier collect) is left as it is. Returns
-    (whether the hand-in is in submitted/ now, report rows)."""
+    A folder that already holds a notebook (an earlier collect) is left as it is. Only an
+    nbgrader hand-in folder's own timestamp.txt gives the time (as in _put); a file a
+    student uploaded to a platform under that name, or as submission_secret.txt, is kept
+    as a file of theirs (_timestamp.txt). Returns (whether the hand-in is in submitted/
+    now, report rows)."""
     dest = os.path.join(root, "submitted", student, aid)
     rows = []
     if os.path.isdir(dest) and any(n.endswith(".ipynb") for n in os.listdir(dest)):
@@ -924,15 +930,16 @@ def _put_files(root, top, student, aid, cands, stamp, who):
         return False, rows
     read, taken, when = [], set(), None
     for c in cands:
-        if c.inner.rsplit("/", 1)[-1] == SECRET:
+        if nbgrader_folder and c.inner == SECRET:
             rows.append(_row(c.rel, "ignored", student, aid, c.platform_id, detail=f"collect writes its own {SECRET}"))
             continue
+        own_time = nbgrader_folder and c.inner == TIMESTAMP
         try:
-            data, mtime = _read(top, c.rel, limit=1024 if c.inner == TIMESTAMP else None)
+            data, mtime = _read(top, c.rel, limit=1024 if own_time else None)
         except Refused as exc:
             rows.append(_row(c.rel, "ignored", student, aid, c.platform_id, detail=str(exc)))
             continue
-        if c.inner == TIMESTAMP:         # an nbgrader hand-in folder's own submission time
+        if own_time:                     # an nbgrader hand-in folder's own submission time
             when = _parse_time(data.decode("utf-8", "replace").strip()) or when
             continue
         read.append((c, data, mtime))
@@ -978,7 +985,8 @@ def _same_person_twice(root, ids, fmt, collected):
         for student, entry in ids.get("canvas", {}).items():
             if isinstance(entry, dict) and os.path.isdir(os.path.join(submitted, student)):
                 seen.setdefault(str(entry.get("id")), set()).add(student)
-        for uid in sorted({str(ids["canvas"][s]["id"]) for s, _ in collected if s in ids.get("canvas", {})}):
+        for uid in sorted({str(ids["canvas"][s].get("id")) for s, _ in collected
+                           if isinstance(ids.get("canvas", {}).get(s), dict)}):
             if len(seen.get(uid, ())) > 1:
                 out.append(f"Canvas user {uid} is {' and '.join(sorted(seen[uid]))} in submitted/: one person "
                            "under two student ids (a download collected once with --roster and once without?); "

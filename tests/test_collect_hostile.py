@@ -550,6 +550,41 @@ SLUGS = {
 }
 
 
+def test_a_no_notebook_hand_in_cannot_set_its_time_or_secret_or_leave_its_folder(course, tmp_path):
+    """A Canvas student without a notebook uploads files named like nbgrader's own
+    (timestamp.txt with an early time, submission_secret.txt), a dot file, a formula name and
+    a link in a shared folder: the files land in their hand-in folder under plain names, the
+    submission time is the download's and the secret collect's own; nothing is followed."""
+    src = tmp_path / "canvas.zip"
+    with zipfile.ZipFile(src, "w") as zf:
+        for n, (name, data) in enumerate([("timestamp.txt", b"1999-01-01 00:00:00.000000 UTC"),
+                                          ("submission_secret.txt", b"stolen"),
+                                          (".bashrc", b"echo hi"),
+                                          ("=HYPERLINK(x).pdf", b"%PDF-1.4")]):
+            zf.writestr(zipfile.ZipInfo(f"lisi_12002_{600 + n}_{name}", date_time=WHEN), data)
+    got = collect(course, str(src), [A], report="r.csv")
+    assert got.no_notebook == [("12002", A)]
+    folder = os.path.join(course, "submitted", "12002", A)
+    assert sorted(os.listdir(folder)) == sorted(["_timestamp.txt", "_submission_secret.txt", "bashrc",
+                                                 "=HYPERLINK(x).pdf", "timestamp.txt", "submission_secret.txt"])
+    assert _read_text(os.path.join(folder, "timestamp.txt")) == _utc(time.mktime(WHEN + (0, 0, -1)))
+    secret = _read_text(os.path.join(folder, "submission_secret.txt"))
+    assert re.fullmatch(r"[0-9a-f]{128}", secret)
+    assert all(r["status"] == "no notebook" for r in got.rows)
+    bad, _ = _formulas(os.path.join(course, "r.csv"))
+    assert bad == []
+    # a shared folder: an nbgrader hand-in folder without a notebook, one of its files a link
+    shared = tmp_path / "shared"
+    _put(str(shared), f"bob/{A}/answer.py", b"x = 1")
+    _link(str(shared), f"bob/{A}/notes.txt", os.path.join(course, "gradebook.db"))
+    got = collect(course, str(shared))
+    assert got.no_notebook == [("bob", A)]
+    rows = _by_file(got)
+    assert rows[f"bob/{A}/notes.txt"]["status"] == "ignored" and "symbolic link" in rows[f"bob/{A}/notes.txt"]["detail"]
+    assert sorted(os.listdir(os.path.join(course, "submitted", "bob", A))) == [
+        "answer.py", "submission_secret.txt", "timestamp.txt"]
+
+
 def test_student_id_slugs_from_names_are_plain_folder_names():
     for name, slug in SLUGS.items():
         assert C._slug(name) == slug, name
