@@ -17,7 +17,7 @@ import torch
 
 from . import guards, runtime
 from .exercises import EXERCISES
-from .judge import CaseResult, judge_cases, scoring_groups
+from .judge import BOOK_LOCAL, BOOK_ONLINE, CaseResult, judge_cases, scoring_groups
 from .report import Report
 
 
@@ -27,11 +27,14 @@ def resolve_device(device=None) -> torch.device:
     return torch.device(device)
 
 
-def grade(ex, cases, expectations, responses, captured, device, points, hidden, started, probe=None) -> Report:
+def grade(ex, cases, expectations, responses, captured, device, points, hidden, started, probe=None,
+          book_base=BOOK_LOCAL) -> Report:
     """Judge the runtime's responses and build the Report. ``probe(points, seconds)`` asks
-    the runtime for the student's curve when a failing element-wise loss is plotted."""
+    the runtime for the student's curve when a failing element-wise loss is plotted.
+    ``book_base``: where the hints' book links point (the local build, seen from a feedback
+    page, unless ``check`` says online)."""
     results = judge_cases(ex, cases, expectations, responses, device)
-    return report_for(ex, results, captured, device, points, hidden, started, probe)
+    return report_for(ex, results, captured, device, points, hidden, started, probe, book_base)
 
 
 def score(points, results) -> float:
@@ -43,7 +46,7 @@ def score(points, results) -> float:
     return round(points * passed / total, 4) if total else 0.0
 
 
-def report_for(ex, results, captured, device, points, hidden, started, probe=None) -> Report:
+def report_for(ex, results, captured, device, points, hidden, started, probe=None, book_base=BOOK_LOCAL) -> Report:
     plot = None
     if probe is not None and ex.curve is not None and any(r.status == "fail" for r in results):
         xs, point_requests, expected = ex.curve.points()
@@ -51,7 +54,8 @@ def report_for(ex, results, captured, device, points, hidden, started, probe=Non
         if len(ys) == len(xs):
             plot = ex.curve.data(xs, expected, ys)
     return Report(exercise=ex, points=points, score=score(points, results), results=results, captured=captured,
-                  plot=plot, device=str(device), hidden=hidden, seconds=time.perf_counter() - started)
+                  plot=plot, device=str(device), hidden=hidden, seconds=time.perf_counter() - started,
+                  book_base=book_base)
 
 
 def check(exercise: str, solution, *, points: float = 1.0, device=None, seed=None, hidden: bool = False):
@@ -66,11 +70,12 @@ def check(exercise: str, solution, *, points: float = 1.0, device=None, seed=Non
     problem = ex.validate_solution(solution)
     if problem is not None:
         results = [CaseResult("提交的对象", "", "notimpl" if solution is None else "fail", problem)]
-        return report_for(ex, results, guards.Captured(), device, points, hidden, started)
+        return report_for(ex, results, guards.Captured(), device, points, hidden, started, book_base=BOOK_ONLINE)
     cases, expectations = ex.cases(seed, hidden)
     ran = runtime.run(ex.request(cases, device, hidden), solution)
 
     def probe(point_requests, seconds):
         with guards.single_thread():
             return runtime.probe(point_requests, solution, device, seconds)
-    return grade(ex, cases, expectations, ran["cases"], ran["captured"], device, points, hidden, started, probe)
+    return grade(ex, cases, expectations, ran["cases"], ran["captured"], device, points, hidden, started, probe,
+                 book_base=BOOK_ONLINE)

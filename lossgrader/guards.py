@@ -313,6 +313,9 @@ def _children() -> bool:
 
 
 # --------------------------------------------------------------------------- spy
+_SET_GRAD_ENABLED = torch._C._set_grad_enabled
+
+
 class CallSpy(TorchFunctionMode):
     """Records the torch functions called while active (including the ones reached
     through nn.Module losses and names imported directly from torch.nn.functional), on this
@@ -324,12 +327,16 @@ class CallSpy(TorchFunctionMode):
         self.calls = []               # (func, kwargs, positional args or None)
         self._gaps = set()
         self.keep_args = keep_args    # keep_args(func): whether to keep the call's positional arguments
-        self.grad_disabled = False    # some torch function ran with autograd off (no_grad, inference_mode)
+        self.grad_disabled = False    # the student's code switched autograd off (no_grad, inference_mode)
 
     def record(self, func, args, kwargs):
         keep = self.keep_args is not None and self.keep_args(func)
         self.calls.append((func, kwargs, tuple(args) if keep else None))
-        if not self.grad_disabled and not torch.is_grad_enabled():
+        # autograd switched off by the student's code: torch.no_grad / set_grad_enabled(False)
+        # (they call _set_grad_enabled(False)) or inference_mode; not the no-grad mode autograd
+        # itself runs a custom Function's forward in
+        if not self.grad_disabled and ((func is _SET_GRAD_ENABLED and args and args[0] is False)
+                                       or torch.is_inference_mode_enabled()):
             self.grad_disabled = True
 
     def __torch_function__(self, func, types, args=(), kwargs=None):

@@ -5,11 +5,16 @@ returned objects, tensors on the CPU) and never calls student code, so it gives 
 verdict whether the student's code ran in this process (``check`` in a notebook) or in a
 sandbox (autograding). The exercises (``lossgrader.exercises``) use these checks in the
 order that gives the most useful message first.
+
+Hints are typed (``Hint``): each states its premise, a condition the judge measured on the
+case (``PREMISES``), and where the book explains it; a hint whose premise was not measured is
+not shown, and the neutral message (expected, got, where) stands alone.
 """
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -18,13 +23,107 @@ from .runtime import device_name
 
 from .guards import GAPS, GAP_CHILD, GAP_FORK, GAP_THREAD, single_thread
 
+
+# ----------------------------------------------------------------------------- hints
+# The book online (from Colab and any notebook: ``check``) and the local build seen from a
+# feedback page (feedback/<student>/<assignment>/<notebook>.html; the course root is the
+# book root, built into _build/html). tests/test_book_links.py checks the online address is
+# the GitHub Pages site of _config.yml's repository and every anchor exists in the built book.
+BOOK_ONLINE = "https://lossfn-course.github.io/loss-functions-zh/"
+BOOK_LOCAL = "../../../_build/html/"
+
+# Every section a hint links to, with its heading (without its number): the link's text, and
+# what tests/test_book_links.py finds at that anchor of the built book.
+BOOK_SECTIONS = {
+    # Only anchors Sphinx derives from a heading's ASCII words or MyST labels: the numbered
+    # ones (id5, id12, ...) move whenever a section is added before them.
+    "book/01_overview.html#h": "h 不是越小越好",
+    "book/02_regression.html#mse": "均方误差（MSE）",
+    "book/02_regression.html#mae": "平均绝对误差（MAE）",
+    "book/02_regression.html#pytorch": "在 PyTorch 中使用",
+    "book/02_regression.html#huber": "Huber 损失",
+    "book/02_regression.html#l1-smooth-l1": "平滑 L1 损失（Smooth L1）",
+    "book/02_regression.html#smooth-l1-huber": "Smooth L1 与 Huber 的关系",
+    "book/03_classification.html#bce": "二元交叉熵（BCE）",
+    "book/03_classification.html#logits-bce": "带 logits 的 BCE：数值稳定的写法",
+    "book/03_classification.html#sigma-z-y": "梯度：σ(z) − y",
+    "book/03_classification.html#log-softmax": "Log-Softmax 与稳定形式",
+    "book/03_classification.html#softmax-one-hot-n": "梯度：softmax − one-hot，再除以 N",
+    "book/03_classification.html#focal-loss": "Focal Loss（焦点损失）",
+    "book/03_classification.html#p-t-gamma": "调制因子 (1 − p_t)^γ",
+    "book/03_classification.html#sigmoid-focal-loss-retinanet-torchvision": "Sigmoid Focal Loss（RetinaNet / torchvision 形式）",
+    "book/03_classification.html#label-smoothing": "标签平滑（Label Smoothing）",
+    "book/03_classification.html#weighted-ce": "加权交叉熵（Weighted CE）",
+    "book/04_other.html#contrastive-loss": "对比损失（Contrastive Loss）",
+    "book/04_other.html#triplet-loss": "Triplet Loss",
+    "book/04_other.html#dice-loss": "Dice Loss",
+    "book/04_other.html#reshape-view": "实现：接收类别索引，用 reshape 而不是 view",
+    "book/04_other.html#iou-loss": "IoU Loss",
+    "book/04_other.html#giou": "不相交时没有梯度，以及 GIoU",
+    "book/04_other.html#alpha-cdot-text-ce-1-alpha-cdot-text-dice": "组合损失：α·CE + (1 − α)·Dice",
+    "book/05_selection.html#ce-ce-focal-loss": "实验：不平衡数据上的 CE、加权 CE 与 Focal Loss",
+    "book/06_code.html#mse-mae": "MSE 与 MAE",
+    "book/06_code.html#focal-loss": "Focal Loss",
+    "book/06_code.html#dice-loss": "Dice Loss",
+    "book/06_code.html#buffer-weightedcrossentropy": "带 buffer 的 WeightedCrossEntropy",
+    "book/06_code.html#gpu": "在 GPU 上运行",
+    "book/appendix_errata.html#mae-mse": "MAE 示例计算的是 MSE",
+    "book/appendix_errata.html#mse-1-n": "MSE 的梯度漏掉了 1/n",
+    "book/appendix_errata.html#combinedloss": "CombinedLoss 的目标格式：原教程没有说明",
+    "book/appendix_errata.html#diceloss-view-1": "DiceLoss 的 .view(-1) 要求目标张量连续",
+}
+
+# What the judge measures before it shows a hint (docs/grader.md, "Hints").
+PREMISES = {
+    "mistake": "the student's values match the typical mistake (or library variant) on every case where it differs "
+               "from the reference, and on at least one",
+    "factor": "the gradient is c times the reference's on every element that matters, with the same meaning of c "
+              "(−1, n, N, 1/n, 1/N, 2, 1/2 or one constant) on at least two failing cases and on every failing case "
+              "whose gradient was compared, and c is not 1",
+    "kink": "every failing element lies where the case's subgradient range applies (a kink of the reference)",
+    "epsilon": "the largest error is between 1 and NEAR_FACTOR times the tolerance (an offset of the size of a "
+               "stabilising constant) in an exercise whose formula has a place for one",
+    "kind:loss": "a loss exercise whose value was compared and matched before its gradient was",
+    "graph:grad-disabled": "the runtime saw torch run with autograd off (torch.no_grad, set_grad_enabled(False), "
+                           "inference_mode) while the student's function computed a result without a graph",
+    "graph:cut": "the runtime saw calls that cut the graph (detach, .data, item, numpy, torch.tensor, requires_grad_, "
+                 "round, argmax, ...) while the student's function computed a result without a graph",
+    "result": "what the function returned (a Python number, a NumPy value, a shape, a dtype, a device, None)",
+    "mutated": "an input tensor differs after the call",
+    "nonfinite": "the result holds NaN or Inf (the case's tags say where: probabilities 0/1, large logits, a kink)",
+    "exception": "the exception's type and message match the pattern of this kind of error",
+    "call": "what the runtime reported about the call (time out, exit, NotImplementedError, a forbidden call)",
+    "module": "what the nn.Module held (its parameters)",
+    "outcome": "what the student's training achieved on the grader's data",
+}
+
+
+@dataclass(frozen=True)
+class Hint:
+    """A hint and its premise: ``premise`` names the condition the judge measured (PREMISES),
+    ``book`` the section of the book that explains it (a key of BOOK_SECTIONS) or None."""
+    key: str
+    text: str
+    premise: str
+    book: Optional[str] = None
+
+    def __post_init__(self):
+        if self.premise not in PREMISES:
+            raise ValueError(f"hint {self.key}: unknown premise {self.premise!r}")
+        if self.book is not None and self.book not in BOOK_SECTIONS:
+            raise ValueError(f"hint {self.key}: unknown book section {self.book!r}")
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class CaseFailure(Exception):
-    def __init__(self, status: str, message: str, hint: Optional[str] = None, fallback: Optional[str] = None):
+    def __init__(self, status: str, message: str, hint: Optional[Hint] = None, evidence: Optional[dict] = None):
         super().__init__(message)
         self.status = status      # "fail", "error", "notimpl", "timeout", "forbidden"
         self.message = message
-        self.hint = hint
-        self.fallback = fallback  # shown when no typical mistake explains the failure
+        self.hint = hint          # a Hint whose premise this case measured, or None
+        self.evidence = evidence or {}   # for the diagnosis across cases (factor, near, gradient)
 
 
 @dataclass
@@ -33,12 +132,19 @@ class CaseResult:
     inputs: str
     status: str                   # "pass" or a CaseFailure status, or "skipped"
     message: str = ""
-    hint: Optional[str] = None
+    hint: Optional[str] = None    # the hint's text (plain text: classreport counts them)
     group: Optional[str] = None   # scoring group (lossgrader.engine.score): None, a group of its own
+    hint_key: Optional[str] = None
+    book: Optional[str] = None    # the hint's book section (a key of BOOK_SECTIONS)
 
     @property
     def passed(self) -> bool:
         return self.status == "pass"
+
+    def set_hint(self, hint: Optional[Hint]) -> None:
+        self.hint = hint.text if hint is not None else None
+        self.hint_key = hint.key if hint is not None else None
+        self.book = hint.book if hint is not None else None
 
 
 def scoring_groups(results) -> tuple:
@@ -94,11 +200,6 @@ REFERENCE_ERROR_FACTOR = 4.0
 # whether an epsilon was added.
 NEAR_FACTOR = 20.0
 
-EPSILON_HINT = ("你的结果与参考值只差一点点：是否在分母、log 或 one-hot 中加了一个较大的小常数 ε"
-                "（例如 1e-3、1e-4），或者用 clamp 截断了概率？本课程接受 1e-6 量级的 ε；"
-                "请把 ε 减小到 1e-6 或去掉它，并按课程公式计算。")
-
-
 def tolerance_for(dtype, override=None) -> Tolerance:
     """The tolerance for ``dtype``: the exercise's override (a Tolerance, a per-dtype dict
     of them, or an (rtol, atol) pair) or else the table."""
@@ -111,47 +212,151 @@ def tolerance_for(dtype, override=None) -> Tolerance:
     return TOLERANCES.get(dtype, TOLERANCES[torch.float32])
 
 
-OTHER_GRADIENT_HINT = ("损失值在这个用例上与参考值一致，但梯度不同：要么你的公式与课程的公式是不同的函数、只在这些输入上数值接近，"
-                       "要么计算中有一段被 .detach() / .data 切断或用了不可导的运算（round、argmax）。")
 
-NOT_A_LOSS_HINT = "检查是否在计算中用了 .detach()、.item()、.data 或不可导的运算（如 round、argmax）。"
+# The hints every exercise may show (exercise-specific ones live with the exercises).
+EPSILON_HINT = Hint(
+    "epsilon", "你的结果与参考值只差一点点（误差是容差的 1 到 20 倍，像是多了一个小常数）：是否在分母、log 或 one-hot 中"
+    "加了一个较大的小常数 ε（例如 1e-3、1e-4），或者用 clamp 截断了概率？本课程接受 1e-6 量级的 ε；"
+    "请把它减小到 1e-6 或去掉，并按课程公式计算。", "epsilon")
+NO_GRAD_HINT = Hint(
+    "graph-no-grad", "评分时看到你的代码在关闭了梯度的状态下计算（torch.no_grad()、torch.set_grad_enabled(False) 或 "
+    "torch.inference_mode()）：这时 PyTorch 不记录计算图，损失无法反向传播。计算损失时不要关闭梯度；"
+    "torch.no_grad() 只用于评估模型或手动更新参数。", "graph:grad-disabled", "book/02_regression.html#pytorch")
+GRAPH_CUT_HINT = Hint(
+    "graph-cut", "评分时看到你的代码调用了 {cuts}：这些调用会把结果从计算图上切断（.detach()、.data、.item()、.numpy()、"
+    "torch.tensor(...) 重新包装、requires_grad_(False)）或者没有有用的梯度（round、argmax 等）。"
+    "请全程用 torch 的可导运算计算损失。", "graph:cut", "book/02_regression.html#pytorch")
+VALUE_EQUAL_HINT = Hint(
+    "value-equal-gradient-differs", "损失值与参考值一致而梯度不同：说明你的公式与课程公式只在这些输入上数值相同"
+    "（例如某一项与输入无关、被当作常数），请对照课程公式检查每一项是否都随输入变化。", "kind:loss")
+KINK_HINT = Hint(
+    "kink", "只在不可导点（残差为 0、两点重合、两个框完全相同等）上不对：在这些点上任何介于左右导数之间的次梯度都可以"
+    "（例如 |r| 在 0 处可取 [−1, 1] 中的任意值：torch.sign 取 0，torch.where 取 ±1），但不能超出这个范围。",
+    "kink", "book/02_regression.html#mae")
+
+
+def book_link(hint: Optional[Hint], base: str) -> Optional[str]:
+    """The address of the hint's book section from ``base`` (BOOK_ONLINE or BOOK_LOCAL)."""
+    if hint is None or hint.book is None:
+        return None
+    return base + hint.book
 
 
 def dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-# ----------------------------------------------------------------------------- errors
-def describe_error(error: dict) -> str:
-    """The Chinese sentence for an exception raised by student code (escaped: it quotes the
-    student's own message and source line)."""
-    text = f"{error.get('type', '')}: {error.get('message', '')}".strip()
+# ----------------------------------------------------------------------------- exceptions
+# The exceptions a student's code raises in these exercises, explained in Chinese: (kind,
+# pattern of the message, exception types or None for any, explanation, hint, book section).
+# The original message is kept below the explanation, with PyTorch's internal paths cut.
+_EXCEPTIONS = [
+    ("super-init", r"_parameters|before Module\.__init__\(\) call|Module\.__init__\(\) has not been called", None,
+     "在 nn.Module 的子类里给属性赋值之前没有初始化父类",
+     "nn.Module 的子类必须在 __init__ 的第一行调用 super().__init__()。", "book/06_code.html#focal-loss"),
+    ("view", r"view size is not compatible with input tensor's size and stride", None,
+     "对内存不连续的张量（例如转置、permute、movedim 之后）调用了 .view()",
+     "输入张量不连续时 .view() 会失败：请改用 .reshape()。", "book/04_other.html#reshape-view"),
+    ("inplace-leaf", r"leaf Variable that requires grad is being used in an in-place operation", None,
+     "原地修改了需要梯度的输入（或它的一个视图）：PyTorch 不允许这样做，因为反向传播需要原来的值",
+     "不要原地修改需要梯度的输入（如 pred -= target、x[i] = …、x.clamp_(…)）：先 .clone() 再修改，或用非原地运算。",
+     "book/02_regression.html#pytorch"),
+    ("inplace-version", r"modified by an inplace operation", None,
+     "反向传播需要的某个中间结果被原地运算改掉了（例如 y = x.exp(); y += 1 之后再对 exp 求导）",
+     "不要原地修改计算图中还要用到的张量：把 a += b、a.clamp_()、a[i] = … 改成 a = a + b、a = a.clamp(…) 这样的非原地写法。",
+     "book/02_regression.html#pytorch"),
+    ("numpy-grad", r"Can't call numpy\(\) on Tensor that requires grad", None,
+     "对需要梯度的张量调用了 .numpy()：NumPy 数组不在计算图中",
+     "损失要全程用 torch 运算计算；转到 NumPy 会切断计算图，梯度无法回传（只在画图、打印时才用 .detach().cpu().numpy()）。",
+     "book/02_regression.html#pytorch"),
+    ("device", r"Expected all tensors to be on the same device|should be either on cpu or on the same device|"
+               r"Expected object of device type|on different devices|is not on the expected device", None,
+     "参与同一次运算的张量不在同一个设备上（例如一个在 cuda:0，一个在 cpu）",
+     "所有张量必须在同一设备上：新建的张量请用 device=x.device（或 torch.zeros_like 等 *_like 函数），"
+     "已有的张量调用 .to(x.device)；nn.Module 里的固定张量请注册为 buffer。", "book/06_code.html#gpu"),
+    ("index", r"one_hot is only applicable to index tensor|Expected dtype int(32/int)?64 for index|"
+              r"tensors used as indices must be long|out of bounds for dimension|Index tensor must have the same number|"
+              r"only integer tensors of a single element can be converted to an index|index \d+ is out of bounds", None,
+     "类别下标用错了：下标必须是 int64（Long）的类别编号，而且要小于类别数",
+     "目标 target 是形状 (N, *) 的 int64 类别下标：用 logits.gather(1, target.unsqueeze(1)) 取真实类别，"
+     "或用 F.one_hot(target, C) 变成 one-hot（再 .to(logits.dtype)）；不要把 one-hot 或浮点数当作下标。",
+     "book/04_other.html#reshape-view"),
+    ("dtype", r"expected scalar type|Found dtype|must have the same dtype|can't be cast to the desired output type|"
+              r"expected m1 and m2 to have the same dtype|Expected object of scalar type|but got (Double|Float|Long|Int)|"
+              r"expected (Float|Double|Long)|(?i:expected.*dtype|dtype.*expected)", None,
+     "张量的数据类型不一致（例如 float32 与 float64，或浮点数与 int64 的类别下标混在一起）",
+     "新建张量时用 dtype=x.dtype（或 torch.zeros_like 等 *_like 函数），不要写死 float32/float64；"
+     "类别下标保持 int64，参与乘法之前把 one-hot 转成 logits 的 dtype（.to(logits.dtype)）。",
+     "book/06_code.html#buffer-weightedcrossentropy"),
+    ("shape", r"The size of tensor a|must match the size of tensor|shape '\[.*\]' is invalid for input of size|"
+              r"mat1 and mat2 shapes cannot be multiplied|Sizes of tensors must match|size mismatch|"
+              r"Target size .* must be the same as input size|doesn't match the broadcast shape|cannot be broadcast", None,
+     "两个张量的形状对不上，无法逐元素运算（广播失败）：例如 (N, C) 的概率与 (N,) 的类别下标相乘",
+     "逐元素运算的两个张量形状要一致（或能够广播）：类别下标先转成与 logits 同形状的 one-hot；"
+     "打印 x.shape 检查每一步的形状，必要时用 unsqueeze / squeeze / reshape 对齐。", "book/04_other.html#reshape-view"),
+    ("dim", r"Dimension out of range", None,
+     "指定的维度超出了张量的维数（例如对一维张量用 dim=1）",
+     "检查 sum / mean / softmax / gather 的 dim 参数：类别维是 dim=1，一维输入只有 dim=0（或 -1）。", None),
+    ("bool", r"Boolean value of Tensor with more than one value is ambiguous", None,
+     "用 Python 的 if / and / or 判断了一个含多个元素的张量",
+     "不要用 if 判断整个张量：逐元素选择请用 torch.where(条件, a, b)，截断请用 torch.clamp。", "book/02_regression.html#huber"),
+    ("argcount", r"positional argument|unexpected keyword argument|takes no arguments|required keyword-only argument",
+     ("TypeError",),
+     "函数的参数与题目给出的签名不一致（参数个数或名字不对）",
+     "保持题目给出的函数签名不变（参数的个数、名字和默认值，例如 delta=1.0、smoothing=0.1）：评分器会按这些名字传参。", None),
+]
+_EXPLAINED = {kind for kind, *_ in _EXCEPTIONS}
+
+# Internal paths PyTorch may put in a message: "(Triggered internally at /pytorch/aten/...)",
+# C++ stack traces ("Exception raised from ... frame #0: ..."), site-packages paths.
+_INTERNAL = [
+    (re.compile(r"\s*Exception raised from .*", re.S), ""),
+    (re.compile(r"\s*\(Triggered internally at [^)]*\)"), ""),
+    (re.compile(r"\s*frame #\d+:.*", re.S), ""),
+    (re.compile(r"(?:[A-Za-z]:)?[\\/][^\s'\"]*?(?:pytorch|site-packages|dist-packages|actions-runner|conda-bld)"
+                r"[^\s'\"]*"), "…"),
+]
+
+
+def clean_message(message: str) -> str:
+    """An exception's message without PyTorch's internal build paths and C++ stack."""
+    text = str(message)
+    for pattern, repl in _INTERNAL:
+        text = pattern.sub(repl, text)
+    return text.strip()
+
+
+def exception_kind(error: dict, exercise=None):
+    """(kind, explanation, Hint) for an exception the student's code raised, or (None, None, None)."""
+    message, typename = str(error.get("message", "")), str(error.get("type", ""))
+    for needle, explanation, hint in getattr(exercise, "error_hints", ()):
+        if needle in message:
+            return "exercise", explanation, hint
+    for kind, pattern, types, explanation, hint_text, book in _EXCEPTIONS:
+        if types is not None and typename not in types:
+            continue
+        if re.search(pattern, message):
+            if book is None:
+                book = getattr(exercise, "book", None)
+            return kind, explanation, Hint(f"exception-{kind}", hint_text, "exception", book)
+    return None, None, None
+
+
+def describe_error(error: dict, exercise=None) -> tuple:
+    """(the Chinese message, the Hint) for an exception raised by student code: an explanation
+    of the common ones, then the original message (escaped: it quotes the student's own message
+    and source line), internal paths cut."""
+    kind, explanation, hint = exception_kind(error, exercise)
+    original = clean_message(error.get("message", ""))
+    text = f"{error.get('type', '')}: {original}".strip()
     if len(text) > 400:
         text = text[:400] + " …"
     text = html.escape(text, quote=False)
     line, source = error.get("line"), html.escape(str(error.get("source") or ""), quote=False)
-    if line and source:
-        return f"你的代码抛出了异常 {text}（第 {line} 行：<code>{source}</code>）"
-    if line:
-        return f"你的代码抛出了异常 {text}（第 {line} 行）"
-    return f"你的代码抛出了异常 {text}"
-
-
-def exception_hint(message: str, exercise=None) -> Optional[str]:
-    for needle, hint in getattr(exercise, "error_hints", ()):
-        if needle in message:
-            return hint
-    if "_parameters" in message or "before Module.__init__() call" in message:
-        return "nn.Module 的子类必须在 __init__ 的第一行调用 super().__init__()。"
-    if "view size is not compatible" in message:
-        return "输入张量不连续（例如转置后的张量）时 .view() 会失败：请改用 .reshape()。"
-    if "leaf Variable that requires grad" in message or "a view of a leaf Variable" in message:
-        return "不要原地修改需要梯度的输入（如 pred -= target 或 x[i] = …）：先 .clone() 再修改，或用非原地运算。"
-    if "Expected all tensors to be on the same device" in message:
-        return "所有张量必须在同一设备上：新建的张量请用 device=x.device，或对已有张量调用 .to(x.device)。"
-    if "expected scalar type" in message or "dtype" in message.lower() and "expected" in message.lower():
-        return "张量的数据类型不一致：新建张量时请用 dtype=x.dtype（或 torch.zeros_like 等 *_like 函数）。"
-    return None
+    where = f"（第 {line} 行：<code>{source}</code>）" if line and source else (f"（第 {line} 行）" if line else "")
+    if explanation:
+        return f"你的代码抛出了异常{where}：{explanation}。<br>原始错误信息：<code>{text}</code>", hint
+    return f"你的代码抛出了异常{where}：<code>{text}</code>", hint
 
 
 def check_call(record: dict, exercise) -> None:
@@ -164,19 +369,23 @@ def check_call(record: dict, exercise) -> None:
     if status == "timeout":
         raise CaseFailure("timeout", f"运行超时：本练习的时间限制为 {exercise.time_limit:g} 秒，"
                           "你的代码可能陷入了死循环或过慢。",
-                          "检查循环的终止条件；尽量使用向量化的张量运算而不是 Python 循环。")
+                          Hint("timeout", "检查循环的终止条件；尽量使用向量化的张量运算而不是 Python 循环。", "call"))
     error = record.get("error") or {}
     if status == "exit":
         raise CaseFailure("error", f"你的代码调用了 {html.escape(str(error.get('message', 'exit')))}() 试图结束程序。",
-                          "函数应当返回结果，而不是退出解释器。")
+                          Hint("exit", "函数应当返回结果，而不是退出解释器。", "call"))
     if status == "notimpl":
         raise CaseFailure("notimpl", "尚未实现：函数抛出了 NotImplementedError。",
-                          "删除 raise NotImplementedError() 并写出你的实现。")
+                          Hint("notimpl", "删除 raise NotImplementedError() 并写出你的实现。", "call"))
     if status == "reference":
         raise CaseFailure("forbidden", f"不允许调用 lossgrader 的参考实现（{html.escape(str(error.get('message', '')))}）：请自己实现。")
     if status == "raised":
-        raise CaseFailure("error", describe_error(error), exception_hint(str(error.get("message", "")), exercise))
+        message, hint = describe_error(error, exercise)
+        raise CaseFailure("error", message, hint)
     raise CaseFailure("error", "评分器无法读取你的代码的运行结果。")
+
+
+FORBIDDEN_HINT = Hint("forbidden", "只用基本的张量运算（加减乘除、exp、log、sum、mean 等）实现公式。", "call")
 
 
 def check_forbidden(calls, rules) -> None:
@@ -195,7 +404,7 @@ def check_forbidden(calls, rules) -> None:
                 if rule.message:
                     raise CaseFailure("forbidden", rule.message + observed)
                 raise CaseFailure("forbidden", f"本练习要求你自己实现，不允许调用 <code>{rule.name}</code>{observed}。",
-                                  "只用基本的张量运算（加减乘除、exp、log、sum、mean 等）实现公式。")
+                                  FORBIDDEN_HINT)
 
 
 # ----------------------------------------------------------------------------- observation gaps
@@ -329,95 +538,126 @@ def compare(got: torch.Tensor, expected: torch.Tensor, dtype, tol=None, subgrad=
 
 
 # ----------------------------------------------------------------------------- gradients
-def _factor_name(c: float, shape) -> Optional[tuple]:
-    """(what the factor c means, hint) when a wrong gradient is c × the right one."""
+# A constant factor is diagnosed only across cases: on one case with a few elements every error
+# can look like a factor (two classes: the gradient row is (a, −a)). Each case measures its
+# factor (``measure_factor``); the hint is shown only when every failing case whose gradient was
+# compared measured one, with the same meaning, on at least two cases, and it is not 1.
+FACTOR_HINTS = {
+    "sign": ("梯度的符号反了（正好是参考梯度的 −1 倍）", "检查公式中减法的顺序（ŷ − y 还是 y − ŷ）和前面的负号。", None),
+    "numel": ("梯度正好是参考梯度的 {n} 倍（= 元素个数 n）", "你可能用了求和（sum）而不是平均（mean），或者梯度里缺少 1/n。",
+              "book/appendix_errata.html#mse-1-n"),
+    "rows": ("梯度正好是参考梯度的 {n} 倍（= 样本数 N）", "你可能用了求和（sum）而不是平均（mean），或者梯度里缺少 1/N。",
+             "book/appendix_errata.html#mse-1-n"),
+    "inv-numel": ("梯度正好是参考梯度的 1/{n}（元素个数 n）", "你多除了一次元素个数 n：平均只需要除一次。",
+                  "book/appendix_errata.html#mse-1-n"),
+    "inv-rows": ("梯度正好是参考梯度的 1/{n}（样本数 N）", "你多除了一次样本数 N：平均只需要除一次。",
+                 "book/appendix_errata.html#mse-1-n"),
+    "two": ("梯度正好是参考梯度的 2 倍", "检查系数 2 与 1/2：例如 (ŷ − y)² 的导数是 2(ŷ − y)，0.5·r² 的导数是 r。", None),
+    "half": ("梯度正好是参考梯度的 1/2", "检查系数 2 与 1/2：是否多乘了 0.5 或少乘了 2？", None),
+    "const": ("梯度在每个用例上都是参考梯度的 {c:.4g} 倍（相差同一个常数因子）",
+              "检查公式中的常数系数：每个用例都差同一个倍数，说明公式的结构对了，只是某个常数乘错了。", None),
+}
+FACTOR_HINTS_NO_GRAPH = {   # numerical_grad: a difference quotient, not a formula's gradient
+    "sign": ("结果的符号反了（正好是参考值的 −1 倍）", "检查差分的顺序：f(x + ε) − f(x − ε)，而不是反过来。", None),
+}
+
+
+def _near(c, x):
+    return abs(c - x) <= 1e-3 * max(abs(x), 1.0)
+
+
+UNMEASURED = ("unmeasured", float("nan"))     # fewer than two elements that matter: no evidence either way
+
+
+def measure_factor(mismatch, shape) -> Optional[tuple]:
+    """(label, c) when the wrong tensor is c × the expected one on every element that matters
+    (at least two of them) and c is not 1; label names c's meaning: "sign", "numel", "rows",
+    "inv-numel", "inv-rows", "two", "half" or "const". UNMEASURED for a case with fewer than
+    two elements that matter (one element: every error is a factor), None otherwise."""
+    if not isinstance(mismatch, Mismatch) or mismatch.got is None:
+        return None
+    g, e = mismatch.got, mismatch.expected
+    if not bool(torch.isfinite(g).all()):
+        return None
+    top = float(e.abs().max()) if e.numel() else 0.0
+    if top == 0:
+        return None
+    big = e.abs() > 1e-3 * top
+    if int(big.sum()) < 2:
+        return UNMEASURED
+    r = g[big] / e[big]
+    c = float(r.median())
+    if c == 0 or _near(c, 1.0) or not bool(((r - c).abs() <= 1e-3 * abs(c)).all()):
+        return None
+    if not bool((g[~big].abs() <= 1e-3 * top * max(abs(c), 1)).all()):
+        return None
     numel = 1
     for s in shape:
         numel *= int(s)
-    n0 = int(shape[0]) if len(shape) else 1
-
-    def near(x):
-        return abs(c - x) <= 1e-3 * max(abs(x), 1.0)
-    if near(-1.0):
-        return ("梯度的符号反了（正好是参考梯度的 −1 倍）",
-                "检查公式中减法的顺序（ŷ − y 还是 y − ŷ）和前面的负号。")
-    for count, what in ((numel, "元素个数 n"), (n0, "样本数 N")):
-        if count > 2 and near(float(count)):
-            return (f"梯度正好是参考梯度的 {count} 倍（= {what}）",
-                    f"你可能用了求和（sum）而不是平均（mean），或者梯度里缺少 1/{what[-1]}。")
-        if count > 2 and near(1.0 / count):
-            return (f"梯度正好是参考梯度的 1/{count}（{what}）",
-                    f"你多除了一次{what}：平均只需要除一次。")
-    if near(2.0):
-        return ("梯度正好是参考梯度的 2 倍", "检查系数 2 与 1/2：例如 (ŷ − y)² 的导数是 2(ŷ − y)，0.5·r² 的导数是 r。")
-    if near(0.5):
-        return ("梯度正好是参考梯度的 1/2", "检查系数 2 与 1/2：是否多乘了 0.5 或少乘了 2？")
-    return (f"梯度正好是参考梯度的 {c:.4g} 倍（相差一个常数因子）",
-            "值正确而梯度差一个常数倍：检查缩放是否放在了 .detach() 的量里，或者手写的梯度少了某个常数。")
+    rows = int(shape[0]) if len(shape) else 1
+    if _near(c, -1.0):
+        return "sign", c
+    for count, label in ((numel, "numel"), (rows, "rows")):
+        if count > 2 and _near(c, float(count)):
+            return label, c
+        if count > 2 and _near(c, 1.0 / count):
+            return "inv-" + label, c
+    if _near(c, 2.0):
+        return "two", c
+    if _near(c, 0.5):
+        return "half", c
+    return "const", c
 
 
-def gradient_cause(mismatch, case=None, what="梯度", subgrad=None) -> tuple:
-    """(sentence, hint) naming the cause of a wrong gradient from the way it differs:
-    NaN at a point, all zeros (cut off from the graph), a near miss (an epsilon), a constant
-    factor (sum vs mean, 1/n, 2, sign), only at non-differentiable points, or other."""
-    if not isinstance(mismatch, Mismatch) or mismatch.got is None:
-        return "", NOT_A_LOSS_HINT
-    g, e, bad = mismatch.got, mismatch.expected, mismatch.bad
-    finite = torch.isfinite(g)
-    if not bool(finite.all()):
-        flat = int(torch.nonzero(~finite.reshape(-1))[0])
-        idx = _unravel(flat, g.shape) if g.dim() else ()
-        where = f"在位置 {idx}" if idx else ""
-        return (f"{what}{where}为 {float(g.reshape(-1)[flat])}（共 {int((~finite).sum())} 个元素不是有限数）",
-                nonfinite_failure(case, what).hint if case is not None else "检查除以 0、log(0)、sqrt 在 0 处等情况。")
-    if bool((g == 0).all()) and bool((e != 0).any()):
-        return (f"{what}全为 0：梯度没有流过你的计算",
-                "某处切断了计算图：.detach()、.item()、.data、torch.tensor(...) 重新包装，或者在 NumPy 中计算。"
-                "请全程使用 torch 运算。")
-    if mismatch.near:
-        return ("误差非常小", EPSILON_HINT)
-    top = float(e.abs().max()) if e.numel() else 0.0
-    big = e.abs() > 1e-3 * top if top > 0 else torch.zeros_like(bad)
-    if big.any():
-        r = (g[big] / e[big])
-        c = float(r.median())
-        if c != 0 and bool(((r - c).abs() <= 1e-3 * abs(c)).all()) and bool((g[~big].abs() <= 1e-3 * top * max(abs(c), 1)).all()):
-            named = _factor_name(c, g.shape)
-            if named:
-                return named
-    n_bad, n = int(bad.sum()), bad.numel()
-    if subgrad is not None and subgrad.mask.shape == bad.shape and not bool((bad & ~subgrad.mask).any()):
-        return (f"只在不可导点上不对（{n_bad}/{n} 个元素）",
-                "在不可导点（残差为 0、两点重合等）上，你的次梯度超出了有效范围：例如 |r| 在 0 处的导数可取 [−1, 1] "
-                "中的任意值（torch.sign 取 0，torch.where 取 ±1 都可以），但不能更大。")
-    if n > 1 and n_bad <= max(1, n // 4):
-        if case is not None and "edge" in getattr(case, "tags", ()):
-            return (f"只在个别元素上不对（{n_bad}/{n}），本用例含不可导点",
-                    "在不可导点（残差为 0、|r| = δ、两点重合、hinge 的拐点）处应取有效的次梯度；"
-                    "torch.where 与 clamp 在拐点的取值不同都可以，但不能是 0/0 或任意值。")
-        return (f"只在个别元素上不对（{n_bad}/{n}）",
-                "只有少数元素不对：检查分段函数的条件（< 还是 <=）和拐点处的取值；如果在概率或分母上加了 ε，"
-                "它在概率或分母很小的位置影响最大。")
-    return "", OTHER_GRADIENT_HINT
+def factor_hint(label: str, c: float, shape, exercise=None) -> tuple:
+    """(cause sentence, Hint) of a factor diagnosed across cases."""
+    table = FACTOR_HINTS_NO_GRAPH if getattr(exercise, "graph", True) is False else {}
+    sentence, text, book = table.get(label) or FACTOR_HINTS[label]
+    n = int(shape[0]) if label in ("rows", "inv-rows") else int(torch.tensor(shape).prod()) if len(shape) else 1
+    book = book or getattr(exercise, "book", None)
+    return sentence.format(n=n, c=c), Hint(f"factor-{label}", text, "factor", book)
 
 
-def check_tensor_result(out: dict, like_shape, dtype, device, what="返回值") -> torch.Tensor:
+def graph_hint(response: dict) -> Optional[Hint]:
+    """The hint the runtime's observation of a result without a graph supports: autograd was
+    off (torch.no_grad), or cutting calls ran; None when it saw neither."""
+    seen = response.get("graph") if isinstance(response, dict) else None
+    if not isinstance(seen, dict):
+        return None
+    if seen.get("grad_disabled") is True:
+        return NO_GRAD_HINT
+    cuts = [str(c) for c in seen.get("cuts") or () if isinstance(c, str)][:8]
+    if cuts:
+        names = "、".join(f".{c}()" if c not in ("data", "tensor", "from_numpy") else
+                         {"data": ".data", "tensor": "torch.tensor(...)", "from_numpy": "torch.from_numpy(...)"}[c]
+                         for c in cuts)
+        return Hint(GRAPH_CUT_HINT.key, GRAPH_CUT_HINT.text.format(cuts=names), GRAPH_CUT_HINT.premise, GRAPH_CUT_HINT.book)
+    return None
+
+
+def check_tensor_result(out: dict, like_shape, dtype, device, what="返回值", exercise=None) -> torch.Tensor:
     """The returned tensor's value (CPU) when ``out`` describes a tensor of the expected
     shape, dtype and device; raises the failure otherwise."""
     kind = out.get("type")
     if kind == "unreadable":
         raise CaseFailure("fail", f"{what}（{html.escape(str(out.get('typename', '?')))}）无法读取："
                           f"{html.escape(str(out.get('message', '')), quote=False)}",
-                          "返回输入所在设备上的普通 torch.Tensor：不要返回 meta 张量、稀疏张量或自定义的张量子类。")
+                          Hint("result-unreadable", "返回输入所在设备上的普通 torch.Tensor：不要返回 meta 张量、稀疏张量或"
+                               "自定义的张量子类。", "result"))
     if kind == "none":
         raise CaseFailure("notimpl", f"尚未实现：{what}是 None（函数没有 return，或函数体只有 ... / pass）。",
-                          "记得用 return 返回结果。")
+                          Hint("result-none", "记得用 return 返回结果。", "result"))
     if kind != "tensor":
         hint = None
+        graph = getattr(exercise, "graph", True) and getattr(exercise, "kind", "loss") in ("loss", "module")
         if kind == "number":
-            hint = "不要用 .item() 或 float() 把结果变成 Python 数：那样会切断计算图，梯度无法回传。"
+            hint = Hint("result-number", "不要用 .item() 或 float() 把结果变成 Python 数：那样会切断计算图，梯度无法回传。"
+                        if graph else "返回 torch.Tensor，而不是 Python 数：用 torch.zeros_like(x) 等创建结果张量。",
+                        "result", "book/02_regression.html#pytorch")
         elif kind == "numpy":
-            hint = "不要在 NumPy 中计算：转换到 NumPy 再转回来会切断计算图。请全程使用 torch 运算。"
+            hint = Hint("result-numpy", "不要在 NumPy 中计算：转换到 NumPy 再转回来会切断计算图。请全程使用 torch 运算。"
+                        if graph else "返回 torch.Tensor，而不是 NumPy 数组：请全程使用 torch 运算。",
+                        "result", "book/02_regression.html#pytorch")
         typename = html.escape(str(out.get("typename", "?")))
         raise CaseFailure("fail", f"{what}的类型是 {typename}，应为 torch.Tensor。", hint)
     value = out.get("value")
@@ -428,43 +668,84 @@ def check_tensor_result(out: dict, like_shape, dtype, device, what="返回值") 
         expect = "标量（0 维张量，形状 ()）" if len(like_shape) == 0 else f"形状 {tuple(like_shape)}"
         hint = None
         if len(like_shape) == 0:
-            hint = "对逐元素损失取平均（.mean()）得到 0 维张量；不要 keepdim=True，也不要 .view(1) / .reshape(1)。"
+            hint = Hint("result-scalar", "对逐元素损失取平均（.mean()）得到 0 维张量；不要 keepdim=True，也不要 .view(1) / "
+                        ".reshape(1)。", "result", getattr(exercise, "book", None))
         raise CaseFailure("fail", f"{what}的形状是 {shape}，应为{expect}。", hint)
     if out.get("dtype") != dtype_name(dtype) or value.dtype != dtype:
         raise CaseFailure("fail", f"{what}的数据类型是 {html.escape(str(out.get('dtype')))}，应与输入相同：{dtype_name(dtype)}。",
-                          "新建张量时使用 dtype=输入.dtype（或 torch.zeros_like 等），不要写死 float32/float64。")
+                          Hint("result-dtype", "新建张量时使用 dtype=输入.dtype（或 torch.zeros_like 等），不要写死 "
+                               "float32/float64。", "result", "book/06_code.html#buffer-weightedcrossentropy"))
     if out.get("device") != device_name(device):
         raise CaseFailure("fail", f"{what}在设备 {html.escape(str(out.get('device')))} 上，应与输入相同：{device}。",
-                          "不要调用 .cpu() / .cuda()；新建张量时使用 device=输入.device。")
+                          Hint("result-device", "不要调用 .cpu() / .cuda()；新建张量时使用 device=输入.device。", "result",
+                               "book/06_code.html#gpu"))
     return value
+
+
+MUTATED_HINT = Hint("mutated", "损失函数不应改变它的输入：使用非原地运算（a = a - b，而不是 a -= b），或先 .clone()。",
+                    "mutated", "book/02_regression.html#pytorch")
 
 
 def check_unchanged(mutated) -> None:
     for i in mutated or ():
-        raise CaseFailure("fail", f"你的代码原地修改了第 {int(i) + 1} 个输入张量。",
-                          "损失函数不应改变它的输入：使用非原地运算（a = a - b，而不是 a -= b），或先 .clone()。")
+        raise CaseFailure("fail", f"你的代码原地修改了第 {int(i) + 1} 个输入张量。", MUTATED_HINT)
 
 
-def nonfinite_failure(case, what="返回值", calls=()) -> CaseFailure:
+def nonfinite_failure(case, what="返回值", calls=(), exercise=None) -> CaseFailure:
+    classes = any(isinstance(a, torch.Tensor) and a.dtype == torch.int64 for a in case.args)
     if "prob01" in case.tags:
         return CaseFailure("fail", f"{what}含有 NaN 或 Inf：概率恰为 0 或 1 时 log(0) = −∞，而 0·(−∞) = NaN。",
-                           "像 PyTorch 一样把每个 log 截断在 −100：torch.clamp(torch.log(p), min=-100)，"
-                           "对 log(1 − p) 也一样。")
+                           Hint("nonfinite-prob01", "像 PyTorch 一样把每个 log 截断在 −100：torch.clamp(torch.log(p), "
+                                "min=-100)，对 log(1 − p) 也一样。", "nonfinite", "book/03_classification.html#bce"))
     subtracted_max = any(("max" in str(c[0]).rsplit(".", 1)[-1] and "softmax" not in str(c[0])) for c in calls or ()
                          if isinstance(c, (list, tuple)) and c)
+    stable = "book/03_classification.html#log-softmax" if classes else "book/03_classification.html#logits-bce"
     if "large" in case.tags and subtracted_max:
         return CaseFailure("fail", f"{what}含有 NaN 或 Inf：数值不稳定（本用例的 logits 很大）。",
-                           "你已经减去了最大值，但之后先算 softmax 再取 log：其他类别的概率下溢为 0，log(0) = −∞。"
-                           "请直接在对数空间计算 log_softmax(x) = (x − max) − log Σ exp(x − max)，不要写 log(softmax(x))。")
+                           Hint("nonfinite-log-of-softmax", "你已经减去了最大值，但之后先算 softmax 再取 log：其他类别的概率"
+                                "下溢为 0，log(0) = −∞。请直接在对数空间计算 log_softmax(x) = (x − max) − log Σ exp(x − max)，"
+                                "不要写 log(softmax(x))。", "nonfinite", stable))
     if "large" in case.tags:
         return CaseFailure("fail", f"{what}含有 NaN 或 Inf：数值不稳定（本用例的输入数值很大或概率接近 0/1）。",
-                           "对大 logits 直接求 exp 会溢出：使用 log-sum-exp 技巧（先减去最大值），或 log1p(exp(-|x|)) 这样的稳定形式；"
-                           "也不要先算 softmax / sigmoid 再取 log（概率会下溢为 0），直接在对数空间计算。")
+                           Hint("nonfinite-large", "对大 logits 直接求 exp 会溢出：使用 log-sum-exp 技巧（先减去最大值），"
+                                "或 log1p(exp(-|x|)) 这样的稳定形式；也不要先算 softmax / sigmoid 再取 log（概率会下溢为 0），"
+                                "直接在对数空间计算。", "nonfinite", stable))
     if "edge" in case.tags:
         return CaseFailure("fail", f"{what}含有 NaN 或 Inf（本用例处于不可导点，例如两点重合、残差为 0）。",
-                           "在不可导点应返回一个有效的次梯度，而不是 NaN：例如距离用 torch.linalg.vector_norm / .norm()，"
-                           "不要手写 sqrt(平方和)（sqrt 在 0 处导数无穷大）。")
-    return CaseFailure("fail", f"{what}含有 NaN 或 Inf。", "检查除以 0、log(0)、sqrt 在 0 处等情况。")
+                           Hint("nonfinite-kink", "在不可导点应返回一个有效的次梯度，而不是 NaN：例如距离用 "
+                                "torch.linalg.vector_norm / .norm()，不要手写 sqrt(平方和)（sqrt 在 0 处导数无穷大）；"
+                                "|r| 用 .abs()，不要写 r / |r|。", "nonfinite", getattr(exercise, "book", None)))
+    return CaseFailure("fail", f"{what}含有 NaN 或 Inf。",
+                       Hint("nonfinite", "检查除以 0、log(0)、sqrt 在 0 处等情况。", "nonfinite"))
+
+
+def gradient_failure(mismatch, case, shape, prefix, what, exercise, response=None, kind="loss",
+                     subgrad=None) -> CaseFailure:
+    """The failure for a wrong gradient: the neutral message (expected, got, where), a cause
+    this case measures by itself (NaN at a point, all zeros, only at the case's kinks), and the
+    evidence (a factor, a near miss) the diagnosis across cases decides on."""
+    head = f"{prefix}损失值正确，但{what}不对：" if kind == "loss" else f"{prefix}{what}不对："
+    g = mismatch.got if isinstance(mismatch, Mismatch) else None
+    if g is not None and not bool(torch.isfinite(g).all()):
+        finite = torch.isfinite(g)
+        flat = int(torch.nonzero(~finite.reshape(-1))[0])
+        idx = _unravel(flat, g.shape) if g.dim() else ()
+        where = f"在位置 {idx}" if idx else ""
+        failure = nonfinite_failure(case, what, exercise=exercise)
+        return CaseFailure("fail", f"{prefix}{what}含有 NaN 或 Inf：{what}{where}为 {float(g.reshape(-1)[flat])}"
+                           f"（共 {int((~finite).sum())} 个元素不是有限数）。", failure.hint)
+    if g is not None and bool((g == 0).all()) and bool((mismatch.expected != 0).any()):
+        if kind == "loss":
+            return CaseFailure("fail", f"{head}{what}全为 0：梯度没有流过你的计算。{mismatch}", graph_hint(response))
+        return CaseFailure("fail", f"{head}你返回的{what}全为 0。{mismatch}")
+    if (isinstance(mismatch, Mismatch) and subgrad is not None and mismatch.bad is not None
+            and subgrad.mask.shape == mismatch.bad.shape and not bool((mismatch.bad & ~subgrad.mask).any())):
+        n_bad, n = int(mismatch.bad.sum()), mismatch.bad.numel()
+        return CaseFailure("fail", f"{head}只在不可导点上不对（{n_bad}/{n} 个元素）。{mismatch}", KINK_HINT)
+    evidence = {"gradient": True, "near": bool(getattr(mismatch, "near", False)),
+                "factor": measure_factor(mismatch, shape), "shape": tuple(shape), "head": head, "tail": str(mismatch)}
+    hint = VALUE_EQUAL_HINT if kind == "loss" and not evidence["near"] else None
+    return CaseFailure("fail", f"{head}{mismatch}", hint, evidence)
 
 
 # ----------------------------------------------------------------------------- cases
@@ -478,11 +759,11 @@ def judge_cases(exercise, cases, expectations, responses, device) -> list:
 def _judge_cases(exercise, cases, expectations, responses, device) -> list:
     """CaseResults for the runtime's responses, in case order. After a case that was not
     implemented, timed out or used a forbidden built-in, the rest are reported skipped.
-    A failure without a hint of its own gets the hint of the typical mistake the student's
-    results match on every case where that mistake differs from the reference
-    (``exercise.diagnose_all``), or else the judge's guess at the cause."""
+    Then the diagnosis across cases (``diagnose``): a typical mistake the student's values
+    match, a constant factor, an ε-sized offset; a hint whose premise nothing measured is
+    not shown."""
     results = []
-    fallbacks = {}
+    evidence = {}
     stop = None
     group_of = getattr(exercise, "group_of", lambda case: None)
     for k, (case, expected) in enumerate(zip(cases, expectations)):
@@ -497,9 +778,10 @@ def _judge_cases(exercise, cases, expectations, responses, device) -> list:
             exercise.judge(case, expected, response, device)
             results.append(CaseResult(case.name, case.describe_inputs(), "pass", group=group))
         except CaseFailure as failure:
-            results.append(CaseResult(case.name, case.describe_inputs(), failure.status, failure.message, failure.hint,
-                                      group=group))
-            fallbacks[k] = failure.fallback
+            result = CaseResult(case.name, case.describe_inputs(), failure.status, failure.message, group=group)
+            result.set_hint(failure.hint)
+            results.append(result)
+            evidence[k] = failure.evidence
             if failure.status == "notimpl":
                 stop = "尚未实现。"
             elif failure.status == "timeout":
@@ -509,12 +791,38 @@ def _judge_cases(exercise, cases, expectations, responses, device) -> list:
         except Exception:  # a malformed response (forged or truncated): that case fails, nothing else
             results.append(CaseResult(case.name, case.describe_inputs(), "error",
                                       "评分器无法读取你的代码的运行结果。", group=group))
-    unexplained = [k for k, r in enumerate(results) if r.status == "fail" and r.hint is None]
-    if unexplained:
-        try:
-            hints = exercise.diagnose_all(cases, expectations, responses, unexplained)
-        except Exception:   # a diagnosis never costs the student a verdict
-            hints = {}
-        for k in unexplained:
-            results[k].hint = hints.get(k) or fallbacks.get(k)
+    try:
+        diagnose(exercise, cases, expectations, responses, results, evidence)
+    except Exception:   # a diagnosis never costs the student a verdict
+        pass
     return results
+
+
+def diagnose(exercise, cases, expectations, responses, results, evidence) -> None:
+    """Hints across cases, in order: (1) the typical mistake the student's values match on
+    every case where it differs from the reference; (2) a constant factor measured, with the
+    same meaning, on every failing case whose gradient was compared (at least two), not 1;
+    (3) an ε-sized offset, where the exercise has a place for a stabilising constant."""
+    failing = [k for k, r in enumerate(results) if r.status == "fail"]
+    unexplained = [k for k in failing if results[k].hint is None or results[k].hint_key == VALUE_EQUAL_HINT.key]
+    if unexplained:
+        for k, hint in exercise.diagnose_all(cases, expectations, responses, unexplained).items():
+            results[k].set_hint(hint)
+    compared = [k for k in failing if evidence.get(k, {}).get("gradient")
+                and evidence[k].get("factor") != UNMEASURED]
+    factors = [evidence[k].get("factor") for k in compared]
+    if len(compared) >= 2 and all(factors):
+        labels = {label for label, _ in factors}
+        consts = [c for label, c in factors]
+        same = len(labels) == 1 and (labels != {"const"} or max(consts) - min(consts) <= 1e-3 * max(abs(c) for c in consts))
+        if same:
+            for k, (label, c) in zip(compared, factors):
+                sentence, hint = factor_hint(label, c, evidence[k]["shape"], exercise)
+                results[k].message = f"{evidence[k]['head']}{sentence}。{evidence[k]['tail']}"
+                if not (results[k].hint_key or "").startswith(("mistake", "variant")):
+                    results[k].set_hint(hint)     # a typical mistake the values match says more
+    near_hint = getattr(exercise, "epsilon_hint", None)
+    for k in failing:
+        if near_hint is not None and evidence.get(k, {}).get("near") and (
+                results[k].hint is None or results[k].hint_key == VALUE_EQUAL_HINT.key):
+            results[k].set_hint(near_hint)

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .judge import BOOK_LOCAL, BOOK_SECTIONS, scoring_groups
+
 STATUS_LABELS = {
     "pass": ("✔", "通过", "#1a7f37"),
     "fail": ("✘", "错误", "#cf222e"),
@@ -34,13 +36,21 @@ class Report:
     device: str = "cpu"
     hidden: bool = False
     seconds: float = 0.0
+    book_base: str = BOOK_LOCAL     # where the hints' book links point: BOOK_ONLINE from check()
     hints: list = field(init=False)
+    hint_books: dict = field(init=False)   # hint text -> book section (a key of BOOK_SECTIONS)
 
     def __post_init__(self):
-        self.hints = []
+        self.hints, self.hint_books = [], {}
         for r in self.results:
             if r.hint and r.hint not in self.hints:
                 self.hints.append(r.hint)
+                if getattr(r, "book", None):
+                    self.hint_books[r.hint] = r.book
+
+    def book_links(self) -> dict:
+        """{hint text: (section title, address)} of the hints that point to the book."""
+        return {h: (BOOK_SECTIONS.get(b, b), self.book_base + b) for h, b in self.hint_books.items()}
 
     @property
     def plot_png(self) -> Optional[str]:
@@ -69,6 +79,9 @@ class Report:
     def summary(self) -> str:
         n_pass = sum(r.passed for r in self.results)
         state = "全部通过" if self.passed else f"通过 {n_pass}/{len(self.results)} 个用例"
+        groups_passed, groups = scoring_groups(self.results)
+        if not self.passed and groups != len(self.results):
+            state += f"（按用例组计分：通过 {groups_passed}/{groups} 组，一组中的用例全部通过才得分）"
         return f"{self.exercise.title}（{self.exercise.id}）：{state}，得分 {self.score:g} / {self.points:g}"
 
     def __str__(self) -> str:
@@ -81,8 +94,9 @@ class Report:
             if r.message:
                 line += f"：{_strip_tags(r.message)}"
             lines.append(line)
+        links = self.book_links()
         for h in self.hints:
-            lines.append(f"  提示：{h}")
+            lines.append(f"  提示：{h}" + (f"（课本：{links[h][0]}）" if h in links else ""))
         out = self.captured.text() if self.captured else ""
         if out:
             lines.append("  你的代码的输出：")
@@ -106,7 +120,8 @@ class Report:
                 f'{"　✔ 全部通过" if ok else ""}</div>')
         meta = (f'<div style="color:{_MUTED};font-size:12px;margin-bottom:6px;">'
                 f'设备：{html.escape(self.device)}　用例：{len(self.results)} 个'
-                f'{"（含隐藏测试）" if self.hidden else ""}　用时：{self.seconds:.2f} 秒</div>')
+                f'{"（含隐藏测试）" if self.hidden else ""}，{scoring_groups(self.results)[1]} 个计分组'
+                f'　用时：{self.seconds:.2f} 秒</div>')
         rows = []
         for r in self.results:
             mark, label, _ = STATUS_LABELS[r.status]
@@ -120,7 +135,9 @@ class Report:
                  f'<thead><tr style="{_ROW}">{header}</tr></thead><tbody>' + "".join(rows) + "</tbody></table>")
         parts = [head, meta, table]
         if self.hints:
-            items = "".join(f'<li style="color:{_TEXT};">{_safe(h)}</li>' for h in self.hints)
+            links = self.book_links()
+            items = "".join(f'<li style="color:{_TEXT};">{_safe(h)}{_book_link(*links[h]) if h in links else ""}</li>'
+                            for h in self.hints)
             parts.append(f'<div style="margin-top:8px;background-color:var(--lg-hint-bg,#fff8c5);color:{_TEXT};'
                          f'border:1px solid var(--lg-hint-line,#d4a72c);padding:6px 10px;border-radius:4px;">'
                          f'<b>提示</b><ul style="margin:4px 0;">{items}</ul></div>')
@@ -189,6 +206,12 @@ _HEAD = f"{_BOX}background-color:{_SUBTLE};font-weight:bold;"
 _CODE = f"background-color:var(--lg-code,#eff1f3);color:{_TEXT};padding:0 3px;border-radius:3px;"
 
 
+def _book_link(title: str, address: str) -> str:
+    """The hint's link to the book: online from a notebook, the local build from a feedback page."""
+    return (f' <a href="{html.escape(address)}" target="_blank" rel="noopener" style="color:inherit;">'
+            f'（课本：{html.escape(title)}）</a>')
+
+
 def _strip_tags(text: str) -> str:
     return text.replace("<code>", "`").replace("</code>", "`")
 
@@ -201,6 +224,7 @@ def _safe(text: str) -> str:
     and escaping that again would show "&lt;" to the student."""
     text = _BARE_AMPERSAND.sub("&amp;", text or "")
     text = text.replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    text = text.replace("&lt;br&gt;", "<br>")    # the judge's line break before an exception's own message
     return text.replace("&lt;code&gt;", f'<code style="{_CODE}">').replace("&lt;/code&gt;", "</code>")
 
 

@@ -291,14 +291,14 @@ def _strip(call_record: dict) -> dict:
 
 
 def _no_graph(response: dict) -> bool:
-    """Whether a loss's result reached none of its differentiated inputs: no requires_grad,
-    a gradient missing, or every gradient exactly 0."""
+    """Whether a loss's result misses one of its differentiated inputs: no requires_grad, a
+    gradient missing, or a gradient exactly 0 everywhere."""
     if not response.get("out", {}).get("requires_grad"):
         return True
     grads = response.get("grads")
     if grads is None:
         return False
-    return any(g is None for g in grads) or all(isinstance(g, torch.Tensor) and not bool(g.any()) for g in grads)
+    return any(g is None or (isinstance(g, torch.Tensor) and g.numel() > 0 and not bool(g.any())) for g in grads)
 
 
 def observe_graph(fn, case: dict, device, budget: _Budget, record: dict) -> dict:

@@ -103,7 +103,8 @@ def _assert_near_misses_lose_points(exercise, k):
                 continue
             if k <= judge.NEAR_FACTOR:
                 assert "非常接近" in r.message, r.message
-                assert r.hint == judge.EPSILON_HINT, r.hint
+                eps = EXERCISES[exercise].epsilon_hint      # None where the formula has no place for an ε
+                assert r.hint == (eps.text if eps else None), r.hint
                 got = re.search(r"期望 (\S+)，得到 (\S+?)[，；]", r.message)
                 assert got and got.group(1) != got.group(2), f"two equal numbers printed: {r.message}"
             else:
@@ -302,11 +303,16 @@ def test_gradient_nan_at_a_point_is_located():
     assert "nan" in bad[0].message and "位置 (" in bad[0].message, bad[0].message
 
 
-def test_tiny_gradient_error_asks_about_epsilon():
-    report = _run("mse", gradient_near_miss(good.mse_loss, 3))
+def test_tiny_gradient_error_asks_about_epsilon_only_where_an_epsilon_fits():
+    """An ε-sized offset (1 to NEAR_FACTOR times the tolerance) asks about an ε in Dice, whose
+    denominator has a place for one; in the MSE there is none, and no hint names one."""
+    report = _run("dice", gradient_near_miss(good.dice_loss, 3))
     assert not report.passed
-    assert all(r.hint == judge.EPSILON_HINT for r in report.results if not r.passed)
-    assert "误差非常小" in _messages(report)
+    assert all(r.hint == judge.EPSILON_HINT.text for r in report.results if not r.passed)
+    assert "非常接近" in _messages(report)
+    report = _run("mse", gradient_near_miss(good.mse_loss, 3))
+    assert not report.passed and not report.hints, str(report)
+    assert "非常接近" in _messages(report)
 
 
 def test_hint_only_where_the_mistake_discriminates():

@@ -13,6 +13,9 @@ ENTRIES = [
         make_cases=_numgrad_cases,
         forbidden=[AUTOGRAD],
         time_limit=20.0,
+        book="book/01_overview.html#h",
+        graph=False,                 # a difference quotient: no autograd graph, and its own ε is the step
+        epsilon_hint=None,
         tol=Tolerance(1e-6, 1e-9, "the student's central differences must equal the reference's own (same ε, "
                       "same formula): forward differences are off by O(ε) ≈ 1e-6 relative, more than the "
                       "table's float64 tolerance would catch"),

@@ -1,12 +1,20 @@
 """Exercises of assignment 03_classification (第 3 章 分类损失), one entry each."""
-from .common import (_as_grad_cases, AUTOGRAD, _bce_cases, _binary_focal_cases, _ce_rows, _class_cases, Curve,
+from .common import (Hint, _as_grad_cases, AUTOGRAD, _bce_cases, _binary_focal_cases, _ce_rows, _class_cases, Curve,
                      Exercise, F, _f, Forbidden, GradExercise, _logit_cases, _LOGIT_CURVE,
                      _logit_point, _ls_km1, Mistake, _prob_point, ref, _sfl, _SUM_HINT, torch,
                      _weighted_cases)
 
+# In label smoothing ε is the smoothing itself: the generic ε hint ("reduce ε to 1e-6") would
+# point at the parameter of the exercise.
+LABEL_SMOOTHING_EPSILON_HINT = Hint(
+    "epsilon-label-smoothing", "你的结果与参考值只差一点点（误差是容差的 1 到 20 倍）：是否在 softmax 概率或 log 里加了一个"
+    "数值稳定用的小常数（例如 1e-8、1e-4），或者用 clamp 截断了概率？用 log_softmax 直接在对数空间计算就不需要这种小常数"
+    "（平滑系数 smoothing 不受影响，照常使用）。", "epsilon", "book/03_classification.html#log-softmax")
+
 ENTRIES = [
     Exercise(
         id="bce",
+        book="book/03_classification.html#bce",
         title="二元交叉熵 BCE",
         func_name="binary_cross_entropy",
         signature="(probs, target)",
@@ -24,6 +32,7 @@ ENTRIES = [
     ),
     Exercise(
         id="bce_logits",
+        book="book/03_classification.html#logits-bce",
         title="带 logits 的 BCE（数值稳定）",
         func_name="bce_with_logits",
         signature="(logits, target)",
@@ -41,6 +50,8 @@ ENTRIES = [
     ),
     GradExercise(
         id="bce_logits_grad",
+        book="book/03_classification.html#sigma-z-y",
+        epsilon_hint=None,
         title="带 logits 的 BCE 的梯度",
         func_name="bce_with_logits_grad",
         signature="(logits, target)",
@@ -57,6 +68,7 @@ ENTRIES = [
     ),
     Exercise(
         id="cross_entropy",
+        book="book/03_classification.html#log-softmax",
         title="多分类交叉熵",
         func_name="cross_entropy",
         signature="(logits, target)",
@@ -75,6 +87,8 @@ ENTRIES = [
     ),
     GradExercise(
         id="cross_entropy_grad",
+        book="book/03_classification.html#softmax-one-hot-n",
+        epsilon_hint=None,
         title="交叉熵对 logits 的梯度",
         func_name="cross_entropy_grad",
         signature="(logits, target)",
@@ -92,6 +106,7 @@ ENTRIES = [
     ),
     Exercise(
         id="weighted_ce",
+        book="book/03_classification.html#weighted-ce",
         title="加权交叉熵",
         func_name="weighted_cross_entropy",
         signature="(logits, target, weight)",
@@ -109,6 +124,8 @@ ENTRIES = [
     ),
     Exercise(
         id="label_smoothing_ce",
+        book="book/03_classification.html#label-smoothing",
+        epsilon_hint=LABEL_SMOOTHING_EPSILON_HINT,
         title="标签平滑交叉熵",
         func_name="label_smoothing_cross_entropy",
         signature="(logits, target, smoothing=0.1)",
@@ -126,6 +143,7 @@ ENTRIES = [
     ),
     Exercise(
         id="focal",
+        book="book/03_classification.html#focal-loss",
         title="Focal Loss（多分类）",
         func_name="focal_loss",
         signature="(logits, target, alpha=1.0, gamma=2.0)",
@@ -134,7 +152,8 @@ ENTRIES = [
         reference=ref.focal_loss,
         make_cases=_class_cases(extra_kw=[{"alpha": 0.25, "gamma": 1.0}, {"gamma": 0.0}]),
         mistakes=[Mistake("调制因子应是 (1 − p_t)^γ，不是 p_t^γ：p_t 是真实类别的概率。",
-                          lambda x, t, alpha=1.0, gamma=2.0: (alpha * torch.exp(-_ce_rows(x, t)) ** gamma * _ce_rows(x, t)).mean()),
+                          lambda x, t, alpha=1.0, gamma=2.0: (alpha * torch.exp(-_ce_rows(x, t)) ** gamma * _ce_rows(x, t)).mean(),
+                          book="book/03_classification.html#p-t-gamma"),
                   Mistake("缺少调制因子 (1 − p_t)^γ：你计算的是 α·CE。",
                           lambda x, t, alpha=1.0, gamma=2.0: (alpha * _ce_rows(x, t)).mean()),
                   Mistake(_SUM_HINT.replace("元素个数 n", "样本数 N"),
@@ -145,6 +164,7 @@ ENTRIES = [
     ),
     Exercise(
         id="sigmoid_focal",
+        book="book/03_classification.html#sigmoid-focal-loss-retinanet-torchvision",
         title="Sigmoid Focal Loss（RetinaNet 形式）",
         func_name="sigmoid_focal_loss",
         signature="(logits, target, alpha=0.25, gamma=2.0)",

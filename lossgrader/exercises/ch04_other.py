@@ -1,11 +1,12 @@
 """Exercises of assignment 04_other (第 4 章 其他损失), one entry each."""
 from .common import (_biou, _box_cases, _ce_rows, _class_cases, _dice, Exercise, _f, Forbidden, _iou, Mistake,
-                     ONEHOT_HINT, _pair_cases, ref, _segmentation_cases, _SUM_HINT, torch,
+                     ONEHOT_ERROR, _pair_cases, ref, _segmentation_cases, _SUM_HINT, torch,
                      _triplet_cases)
 
 ENTRIES = [
     Exercise(
         id="contrastive",
+        book="book/04_other.html#contrastive-loss",
         title="对比损失",
         func_name="contrastive_loss",
         signature="(x1, x2, label, margin=1.0)",
@@ -27,6 +28,7 @@ ENTRIES = [
     ),
     Exercise(
         id="triplet",
+        book="book/04_other.html#triplet-loss",
         title="三元组损失",
         func_name="triplet_loss",
         signature="(anchor, positive, negative, margin=1.0)",
@@ -45,6 +47,7 @@ ENTRIES = [
     ),
     Exercise(
         id="dice",
+        book="book/04_other.html#dice-loss",
         title="Dice 损失",
         func_name="dice_loss",
         signature="(logits, target, smooth=1.0)",
@@ -52,7 +55,7 @@ ENTRIES = [
         assignment="04_other",
         reference=ref.dice_loss,
         make_cases=_segmentation_cases,
-        error_hints=[("The size of tensor a", ONEHOT_HINT)],
+        error_hints=[ONEHOT_ERROR],
         mistakes=[Mistake("忘了对 logits 做 softmax：Dice 作用在概率上。",
                           lambda x, t, smooth=1.0: _dice(x, t, smooth, probs=False)),
                   Mistake("缺少平滑项 s：分子 2Σpt + s，分母 Σp + Σt + s。", lambda x, t, smooth=1.0: _dice(x, t, 0.0)),
@@ -62,6 +65,7 @@ ENTRIES = [
     ),
     Exercise(
         id="iou",
+        book="book/04_other.html#iou-loss",
         title="IoU 损失（掩码）",
         func_name="iou_loss",
         signature="(logits, target, smooth=1.0)",
@@ -69,13 +73,14 @@ ENTRIES = [
         assignment="04_other",
         reference=ref.iou_loss,
         make_cases=_segmentation_cases,
-        error_hints=[("The size of tensor a", ONEHOT_HINT)],
+        error_hints=[ONEHOT_ERROR],
         mistakes=[Mistake("并集忘了减去交集：|X ∪ Y| = Σp + Σt − I。", lambda x, t, smooth=1.0: _iou(x, t, smooth, subtract=False)),
                   Mistake("你计算的是 Dice 损失，不是 IoU 损失。", lambda x, t, smooth=1.0: _dice(x, t, smooth)),
                   Mistake("忘了对 logits 做 softmax。", lambda x, t, smooth=1.0: _iou(x, t, smooth, probs=False))],
     ),
     Exercise(
         id="box_iou",
+        book="book/04_other.html#iou-loss",
         title="边界框 IoU 损失",
         func_name="box_iou_loss",
         signature="(pred_boxes, target_boxes)",
@@ -90,6 +95,7 @@ ENTRIES = [
     ),
     Exercise(
         id="combined",
+        book="book/04_other.html#alpha-cdot-text-ce-1-alpha-cdot-text-dice",
         title="组合损失（CE + Dice）",
         func_name="combined_loss",
         signature="(logits, target, alpha=0.5)",
@@ -97,7 +103,7 @@ ENTRIES = [
         assignment="04_other",
         reference=ref.combined_loss,
         make_cases=_class_cases(extra_kw=[{"alpha": 0.8}], large=False),
-        error_hints=[("The size of tensor a", ONEHOT_HINT)],
+        error_hints=[ONEHOT_ERROR],
         mistakes=[Mistake("α 的位置反了：α·CE + (1 − α)·Dice。",
                           lambda x, t, alpha=0.5: ref.combined_loss.__wrapped_reference__(x, t, 1 - alpha)),
                   Mistake("Dice 部分忘了对 logits 做 softmax。",

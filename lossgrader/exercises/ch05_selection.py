@@ -5,6 +5,7 @@ from .common import (_evaluate_imbalanced, _evaluate_robust_fit, _imbalanced_cas
 ENTRIES = [
     OutcomeExercise(
         id="robust_fit",
+        book="book/02_regression.html#huber",
         title="用 Huber 损失稳健地拟合直线",
         func_name="fit_line_robust",
         signature="(x, y) -> (w, b)",
@@ -18,6 +19,7 @@ ENTRIES = [
     ),
     OutcomeExercise(
         id="imbalanced_recall",
+        book="book/05_selection.html#ce-ce-focal-loss",
         title="不平衡数据：提高少数类召回率",
         func_name="train_imbalanced",
         signature="(x, y) -> model",

@@ -1,11 +1,14 @@
 """Exercises of assignment 06_code (第 6 章 代码实现), one entry each."""
+from .ch03_classification import LABEL_SMOOTHING_EPSILON_HINT
 from .common import (_ce_rows, _class_cases, _dice, Exercise, _f, Forbidden, _ls_km1, Mistake, _module_cases,
-                     _module_weighted_cases, ModuleExercise, ONEHOT_HINT, ref,
+                     _module_weighted_cases, ModuleExercise, ONEHOT_ERROR, ref,
                      _regression_cases, _segmentation_cases, torch)
 
 ENTRIES = [
     Exercise(
         id="mae_api",
+        book="book/06_code.html#mse-mae",
+        epsilon_hint=None,
         title="修正后的 MAE 代码片段（nn.L1Loss）",
         func_name="mae_with_l1loss",
         signature="(pred, target)",
@@ -18,10 +21,11 @@ ENTRIES = [
             "不要调用 nn.MSELoss / F.mse_loss：那是平方误差。原教程正是在这里写错了，"
             "应为 mae_loss = nn.L1Loss()，然后 loss = mae_loss(pred, target)。"))],
         mistakes=[Mistake("原教程的错误：创建了 mae_loss = nn.L1Loss()，却调用了 mse_loss(pred, target)。应为 loss = mae_loss(pred, target)。",
-                          lambda p, t: ((p - t) ** 2).mean())],
+                          lambda p, t: ((p - t) ** 2).mean(), book="book/appendix_errata.html#mae-mse")],
     ),
     ModuleExercise(
         id="focal_module",
+        book="book/06_code.html#focal-loss",
         title="FocalLoss 模块",
         func_name="FocalLoss",
         signature="(alpha=1, gamma=2)",
@@ -34,6 +38,7 @@ ENTRIES = [
     ),
     ModuleExercise(
         id="dice_module",
+        book="book/06_code.html#dice-loss",
         title="DiceLoss 模块（类别索引目标）",
         func_name="DiceLoss",
         signature="(smooth=1.0)",
@@ -41,11 +46,12 @@ ENTRIES = [
         assignment="06_code",
         reference=ref.dice_loss,
         make_cases=_module_cases(_segmentation_cases, {}),
-        error_hints=[("The size of tensor a", ONEHOT_HINT)],
+        error_hints=[ONEHOT_ERROR],
         mistakes=[Mistake("忘了对 logits 做 softmax。", lambda x, t, smooth=1.0: _dice(x, t, smooth, probs=False))],
     ),
     ModuleExercise(
         id="combined_module",
+        book="book/appendix_errata.html#combinedloss",
         title="CombinedLoss 模块（修正版）",
         func_name="CombinedLoss",
         signature="(alpha=0.5)",
@@ -53,12 +59,14 @@ ENTRIES = [
         assignment="06_code",
         reference=ref.combined_loss,
         make_cases=_module_cases(_class_cases(extra_kw=[{"alpha": 0.8}], large=False), {}),
-        error_hints=[("The size of tensor a", ONEHOT_HINT)],
+        error_hints=[ONEHOT_ERROR],
         mistakes=[Mistake("α 的位置反了：α·CE + (1 − α)·Dice。",
                           lambda x, t, alpha=0.5: ref.combined_loss.__wrapped_reference__(x, t, 1 - alpha))],
     ),
     ModuleExercise(
         id="label_smoothing_module",
+        book="book/03_classification.html#label-smoothing",
+        epsilon_hint=LABEL_SMOOTHING_EPSILON_HINT,
         title="LabelSmoothingCrossEntropy 模块",
         func_name="LabelSmoothingCrossEntropy",
         signature="(smoothing=0.1)",
@@ -72,6 +80,7 @@ ENTRIES = [
     ),
     ModuleExercise(
         id="weighted_ce_module",
+        book="book/06_code.html#buffer-weightedcrossentropy",
         title="类别权重随 logits 设备移动的加权交叉熵",
         func_name="WeightedCrossEntropy",
         signature="(class_weights)",

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from .. import references as ref
 from ..cases import Case, Rand, SubgradientRange
-from ..judge import (EPSILON_HINT, CaseFailure, Tolerance, check_call, check_forbidden, check_tensor_result,
-                    check_unchanged, compare, gradient_cause, nonfinite_failure)
+from ..judge import (BOOK_SECTIONS, EPSILON_HINT, CaseFailure, Hint, Tolerance, check_call, check_forbidden,
+                     check_tensor_result, check_unchanged, compare, gradient_failure, graph_hint, nonfinite_failure)
 from ..runtime import INPUT_FUNCTIONS, decode_arg, encode_arg, qualname
 from ..plots import Curve
 
@@ -162,17 +162,23 @@ class Forbidden:
 @dataclass(frozen=True)
 class Mistake:
     """A typical wrong implementation and the hint shown when a student's results match it
-    on every case where it differs from the reference."""
+    on every case where it differs from the reference (premise "mistake"); ``book``: the
+    section of the book that explains it (default: the exercise's section)."""
     hint: str
     fn: Callable
     source: str = ""                # a library variant: whose convention it is
+    book: Optional[str] = None
+
+    def __post_init__(self):
+        if self.book is not None and self.book not in BOOK_SECTIONS:
+            raise ValueError(f"unknown book section {self.book!r}")
 
 
-def Variant(name: str, source: str, expects: str, fn: Callable) -> Mistake:
+def Variant(name: str, source: str, expects: str, fn: Callable, book: Optional[str] = None) -> Mistake:
     """A convention a public library really uses that is not the course's formula: the
     student is told which function they wrote, whose convention it is and what the course
     expects instead (it is a different function, so it still loses the cases where it differs)."""
-    return Mistake(f"你实现的是{name}（{source} 的约定），这是另一种损失；本课程的公式要求{expects}。", fn, source)
+    return Mistake(f"你实现的是{name}（{source} 的约定），这是另一种损失；本课程的公式要求{expects}。", fn, source, book)
 
 
 def resolve_nodes(rules) -> tuple:
@@ -193,8 +199,13 @@ AUTOGRAD = Forbidden("自动求导（.backward() / torch.autograd.grad / torch.a
                      (torch.Tensor.backward, torch.autograd.grad, torch.autograd.backward))
 
 
-ONEHOT_HINT = ("目标是类别索引，形状 (N, *)：先把它转成与 logits 同形状 (N, C, *) 的 one-hot，"
-               "例如 F.one_hot(target, C).movedim(-1, 1).to(probs.dtype)（原教程的 CombinedLoss 没有写明这一步：它只接受 one-hot 目标）。")
+ONEHOT_HINT = Hint("exception-index-as-onehot",
+                   "目标是类别索引，形状 (N, *)：先把它转成与 logits 同形状 (N, C, *) 的 one-hot，"
+                   "例如 F.one_hot(target, C).movedim(-1, 1).to(probs.dtype)（原教程的 CombinedLoss 没有写明这一步：它只接受 "
+                   "one-hot 目标）。", "exception", "book/04_other.html#reshape-view")
+# An exception's message that means class indices were used as a one-hot target: (substring,
+# the Chinese explanation, the hint) for Exercise(error_hints=...).
+ONEHOT_ERROR = ("The size of tensor a", "形状 (N, *) 的类别下标与形状 (N, C, *) 的概率逐元素运算，形状对不上", ONEHOT_HINT)
 
 
 class Expected(tuple):
@@ -236,9 +247,11 @@ class Exercise:
     kind = "loss"
     runtime_kind = "loss"       # how lossgrader.runtime calls the student's code
 
+    graph = True                # the student's result carries an autograd graph (not numerical_grad)
+
     def __init__(self, id, title, func_name, signature, points, assignment, reference, make_cases, *,
                  forbidden=(), mistakes=(), variants=(), curve=None, tol=None, time_limit=10.0, required=None,
-                 error_hints=()):
+                 error_hints=(), book=None, epsilon_hint=EPSILON_HINT, graph=None):
         self.id = id
         self.title = title
         self.func_name = func_name
@@ -256,7 +269,13 @@ class Exercise:
         self.tol = tol
         self.time_limit = time_limit
         self.required = required
-        self.error_hints = tuple(error_hints)   # (substring of an exception message, hint)
+        self.error_hints = tuple(error_hints)   # (substring of an exception message, explanation, Hint)
+        if book is not None and book not in BOOK_SECTIONS:
+            raise ValueError(f"{id}: unknown book section {book!r}")
+        self.book = book                        # where the book explains this loss (a key of BOOK_SECTIONS)
+        self.epsilon_hint = epsilon_hint        # the ε hint, or None where the formula has no place for an ε
+        if graph is not None:
+            self.graph = graph
         self._cache = {}
 
     def __repr__(self):
@@ -343,44 +362,38 @@ class Exercise:
         check_forbidden(response.get("calls", ()), self.forbidden)
         self.check_required(response.get("calls", ()))
         dtype = case.float_dtype()
-        got = check_tensor_result(response.get("out", {}), (), dtype, device)
+        got = check_tensor_result(response.get("out", {}), (), dtype, device, exercise=self)
         check_unchanged(response.get("mutated"))
         precise = getattr(expected, "precise_value", None)
         diff = compare(got, value, dtype, self.tol, precise=precise)
         if diff:
             if not bool(torch.isfinite(got).all()):
-                raise nonfinite_failure(case, calls=response.get("calls", ()))
-            raise CaseFailure("fail", f"{prefix}损失值不对：{diff}", fallback=EPSILON_HINT if diff.near else None)
+                raise nonfinite_failure(case, calls=response.get("calls", ()), exercise=self)
+            raise CaseFailure("fail", f"{prefix}损失值不对：{diff}", evidence={"near": diff.near})
         if case.value_only or not case.grad_args:
             return
         if not response["out"].get("requires_grad"):
             raise CaseFailure("fail", f"{prefix}梯度无法回传：返回的张量不在计算图中（requires_grad=False）。",
-                              "不要用 .item()、.detach()、torch.tensor(...) 重新包装结果，也不要在 NumPy 中计算："
-                              "这些都会切断计算图。")
+                              graph_hint(response))
         check_call(response.get("grad_call", {"status": "missing"}), self)
         got_grads = response.get("grads") or []
         for k, (i, e) in enumerate(zip(case.grad_args, grads)):
             g = got_grads[k] if k < len(got_grads) else None
             if g is None:
-                raise CaseFailure("fail", f"{prefix}梯度没有流回第 {i + 1} 个输入：它不在计算图中。",
-                                  "某处切断了计算图：.detach()、.item()、.data、torch.tensor(...) 重新包装，"
-                                  "或者在 NumPy 中计算；也可能这个输入根本没有参与计算。")
+                raise CaseFailure("fail", f"{prefix}梯度没有流回第 {i + 1} 个输入：它不在计算图中（或根本没有参与计算）。",
+                                  graph_hint(response))
             precise = (lambda k=k: expected.precise_grad(k)) if isinstance(expected, Expected) else None
             diff = compare(g, e, dtype, self.tol, case.subgrad.get(i), precise)
             if diff:
-                what = f"对第 {i + 1} 个输入的梯度"
-                cause, hint = gradient_cause(diff, case, what, case.subgrad.get(i))
-                if not bool(torch.isfinite(g).all()):
-                    raise CaseFailure("fail", f"{prefix}{what}含有 NaN 或 Inf：{cause}。", hint)
-                cause = f"{cause}。" if cause else ""
-                raise CaseFailure("fail", f"{prefix}损失值正确，但{what}不对：{cause}{diff}", hint)
+                raise gradient_failure(diff, case, e.shape, prefix, f"对第 {i + 1} 个输入的梯度", self, response,
+                                       "loss", case.subgrad.get(i))
 
     def check_required(self, calls):
         if self.required is None:
             return
         name, funcs = self.required
         wanted = Forbidden(name, funcs).names
-        if not any(called in wanted for called, _ in calls):
+        if not any(entry[0] in wanted for entry in calls if isinstance(entry, (list, tuple)) and entry):
             raise CaseFailure("fail", f"本练习要求使用 <code>{name}</code>。")
 
     @staticmethod
@@ -438,8 +451,13 @@ class Exercise:
             if matched and not contradicted:
                 for k in matched:
                     if k in failed and k not in hints:
-                        hints[k] = mistake.hint
+                        hints[k] = self.mistake_hint(mistake)
         return hints
+
+    def mistake_hint(self, mistake) -> Hint:
+        index = self.mistakes.index(mistake)
+        key = f"{'variant' if mistake.source else 'mistake'}-{self.id}-{index}"
+        return Hint(key, mistake.hint, "mistake", mistake.book or self.book)
 
     def call_for_value(self, fn, case, args, kwargs):
         return fn(*args, **kwargs)
@@ -460,15 +478,14 @@ class GradExercise(Exercise):
         check_forbidden(response.get("calls", ()), self.forbidden)
         like = next(a for a in case.args if isinstance(a, torch.Tensor))
         dtype = case.float_dtype()
-        got = check_tensor_result(response.get("out", {}), like.shape, dtype, device)
+        got = check_tensor_result(response.get("out", {}), like.shape, dtype, device, exercise=self)
         check_unchanged(response.get("mutated"))
         diff = compare(got, value, dtype, self.tol, case.subgrad.get(0), getattr(expected, "precise_value", None))
         if diff:
             if not bool(torch.isfinite(got).all()):
-                raise nonfinite_failure(case)
-            cause, hint = gradient_cause(diff, case, subgrad=case.subgrad.get(0))
-            cause = f"{cause}。" if cause else ""
-            raise CaseFailure("fail", f"梯度值不对：{cause}{diff}", fallback=hint)
+                raise nonfinite_failure(case, exercise=self)
+            raise gradient_failure(diff, case, like.shape, "", "梯度值" if self.graph else "结果", self, response,
+                                   "gradient", case.subgrad.get(0))
 
 
 class ModuleExercise(Exercise):
@@ -495,13 +512,14 @@ class ModuleExercise(Exercise):
         init = response.get("init", {"status": "missing"})
         check_call(init, self)
         if "typename" in init:
-            raise CaseFailure("fail", f"{self.func_name}(...) 没有得到 nn.Module 实例。",
-                              "记得在 __init__ 中调用 super().__init__()。")
+            raise CaseFailure("fail", f"{self.func_name}(...) 没有得到 nn.Module 实例（得到的是 "
+                              f"{html.escape(str(init['typename']))}）。")
         check_call(response.get("params_call", {"status": "missing"}), self)
         params = [html.escape(str(p)) for p in response.get("params", [])]
         if params:
             raise CaseFailure("fail", f"模块含有可训练参数 {', '.join(params)}：损失函数不应有参数，否则优化器会去“训练”它们。",
-                              "固定的张量（如类别权重）请用 self.register_buffer(...) 注册，或保存为普通属性。")
+                              Hint("module-parameters", "固定的张量（如类别权重）请用 self.register_buffer(...) 注册，"
+                                   "或保存为普通属性。", "module", "book/06_code.html#buffer-weightedcrossentropy"))
         runs = response["runs"]
         self.judge_loss(case, expected, runs[0], device, prefix="（模块在 CPU 上、输入在目标设备上）")
         check_call(response.get("moved", {"status": "missing"}), self)
@@ -902,8 +920,8 @@ def _evaluate_robust_fit(exercise, case, response):
     if not (abs(w - true_w) <= 0.3 and abs(b - true_b) <= 0.5):
         raise CaseFailure("fail", f"拟合结果 w={w:.3f}, b={b:.3f}，真实直线 w={true_w:g}, b={true_b:g}；"
                           f"最小二乘（MSE）拟合的斜率是 {ols_w:.3f}。你的直线仍被离群点拉偏了。",
-                          "用你实现的 huber_loss（δ≈1）作损失，梯度下降足够多步（如 Adam，lr=0.1，300 步），"
-                          "并确认损失真的在下降。")
+                          Hint("outcome-robust-fit", "用你实现的 huber_loss（δ≈1）作损失，梯度下降足够多步（如 Adam，"
+                               "lr=0.1，300 步），并确认损失真的在下降。", "outcome", "book/02_regression.html#huber"))
 
 
 def _imbalanced_data(r: Rand, n, dtype):
@@ -942,9 +960,11 @@ def _evaluate_imbalanced(exercise, case, response):
     if recall < 0.7 or recall_major < 0.7:
         raise CaseFailure("fail", f"测试集上少数类召回率 {recall:.1%}，多数类召回率 {recall_major:.1%}；"
                           "要求两者都不低于 70%。",
-                          "普通交叉熵会几乎忽略少数类：用加权交叉熵（类别权重与类别频率成反比）训练；"
-                          "只带标量 α 的 Focal Loss 在这里往往不够，需要按类别设置 α_t 或同时使用类别权重。"
-                          if recall < 0.7 else "少数类的权重过大，模型把太多样本判成了少数类：减小权重。")
+                          Hint("outcome-minority", "普通交叉熵会几乎忽略少数类：用加权交叉熵（类别权重与类别频率成反比）"
+                               "训练；只带标量 α 的 Focal Loss 在这里往往不够，需要按类别设置 α_t 或同时使用类别权重。",
+                               "outcome", "book/05_selection.html#ce-ce-focal-loss")
+                          if recall < 0.7 else Hint("outcome-overweighted", "少数类的权重过大，模型把太多样本判成了少数类："
+                                                    "减小权重。", "outcome", "book/05_selection.html#ce-ce-focal-loss"))
 
 
 # =================================================================== the registry
@@ -1229,7 +1249,7 @@ _VARIANTS = {
                     "在整个批量上一起求和，只算一个 IoU，并加上平滑项 s",
                     lambda x, t, smooth=1.0: _dice_per_sample(x, t, smooth, iou=True))],
     "box_iou": [Variant("GIoU 损失 1 − IoU + (|C| − |A ∪ B|)/|C|", "torchvision.ops.generalized_box_iou_loss",
-                        "普通的 1 − IoU，没有最小外接框 C 那一项", _giou_loss),
+                        "普通的 1 − IoU，没有最小外接框 C 那一项", _giou_loss, book="book/04_other.html#giou"),
                 Variant("DIoU 损失（加上中心距离项）", "torchvision.ops.distance_box_iou_loss",
                         "普通的 1 − IoU，没有中心距离项", _diou_loss),
                 Variant("−log IoU 损失", "mmdetection IoULoss(mode='log') / UnitBox",
