@@ -11,7 +11,7 @@ installation wherever it lies): a mistake in that code cannot write what that us
 (the gradebook, a classmate's hand-in, the course). Processes it starts are unaffected:
 ``execve`` resets the filesystem ids to the effective ones, so bwrap and the limits'
 wrapper start as before. :func:`as_root` gives root back for the few writes that need it
-(the sandbox's cgroups).
+(the sandbox's cgroups; matplotlib's font cache in root's home, lossgrader.cjkfont).
 
 The unprivileged user: ``SUDO_UID``/``SUDO_GID`` (the instructor who ran sudo), else
 ``nobody``. Nothing happens when the process does not run as root.
@@ -21,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import pwd
+import sys
 
 CAP_DAC_READ_SEARCH = 2
 _CAP_VERSION_3 = 0x20080522
 SETGROUPS = {"x86_64": 116, "aarch64": 159}
+LINUX = sys.platform.startswith("linux")     # per-thread file ids are Linux's; elsewhere nothing changes
 
-_libc = ctypes.CDLL(None, use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True) if LINUX else None
 
 
 class _Header(ctypes.Structure):
@@ -39,8 +40,11 @@ class _Data(ctypes.Structure):
 
 
 def target() -> tuple | None:
-    """(uid, gid) the grading thread's file operations run as, None when not root."""
-    if os.geteuid() != 0:
+    """(uid, gid) the grading thread's file operations run as, None when not root (or not
+    on Linux)."""
+    import pwd
+
+    if not LINUX or os.geteuid() != 0:
         return None
     uid, gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
     if uid.isdigit() and int(uid) != 0:
@@ -53,8 +57,9 @@ def target() -> tuple | None:
 
 
 def fsuid() -> int:
-    """This thread's filesystem uid (setfsuid(-1) changes nothing and returns it)."""
-    return _libc.setfsuid(-1)
+    """This thread's filesystem uid (setfsuid(-1) changes nothing and returns it); 0 where
+    there is none (not Linux)."""
+    return _libc.setfsuid(-1) if LINUX else 0
 
 
 def _set(uid: int, gid: int) -> None:
@@ -83,12 +88,6 @@ def _keep_read_search() -> None:
         raise OSError(ctypes.get_errno(), "capset")
 
 
-def _prepare() -> None:
-    """What would otherwise first write a cache as the unprivileged user (and warn)."""
-    with contextlib.suppress(Exception):
-        import matplotlib.font_manager  # noqa: F401  (builds or reads its font cache as root)
-
-
 @contextlib.contextmanager
 def dropped():
     """While inside, this thread's file operations run as :func:`target`'s user (yields it,
@@ -97,7 +96,6 @@ def dropped():
     if who is None or fsuid() != 0:
         yield None
         return
-    _prepare()
     groups = os.getgroups()
     _setgroups([])
     try:
