@@ -31,6 +31,7 @@ DATA = ROOT / "tests" / "data" / "class_report" / "demo_class.json"
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
 from headless import Browser, StaticServer, find_chromium  # noqa: E402
 
+import a11y  # noqa: E402
 from course_copy import copy_course  # noqa: E402
 
 from lossgrader import classreport as cr  # noqa: E402
@@ -380,7 +381,8 @@ def test_report_fits_a_phone_and_a_desktop(page, tmp_path_factory, width):
     """At 390 px (a phone) the page does not scroll sideways: each table scrolls in its own
     box (reachable by keyboard), no header is broken one character per line, and the
     figures are the narrow layouts shown at nearly their own size (readable text); at 1280
-    px the wide ones."""
+    px the wide ones. At both widths axe-core finds no serious or critical WCAG 2.1 AA
+    violation and every figure has a Chinese alt text."""
     path, _ = page
     shots = Path(SHOTS) if SHOTS else tmp_path_factory.mktemp("screenshots")
     shots.mkdir(parents=True, exist_ok=True)
@@ -389,7 +391,11 @@ def test_report_fits_a_phone_and_a_desktop(page, tmp_path_factory, width):
         layout = browser.evaluate(LAYOUT_JS)
         problems = browser.problems()
         browser.page.screenshot(path=str(shots / f"class_report_{width}.png"))
+        violations = a11y.audit(browser)                      # axe-core, WCAG 2.1 A and AA
+        unnamed = a11y.images_without_chinese_alt(browser)
     assert not problems, problems
+    assert not a11y.blocking(violations), a11y.describe(violations)
+    assert not unnamed, unnamed
     assert layout["scrollWidth"] == layout["width"] == width - (0 if width == 390 else 0)
     assert not layout["tall"], layout["tall"]
     assert layout["tables"] >= 8 and layout["unboxed"] == 0

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
 from headless import Browser, StaticServer, find_chromium  # noqa: E402
 
+import a11y  # noqa: E402
 from course_copy import copy_course  # noqa: E402
 
 from lossgrader import feedback as fb  # noqa: E402
@@ -368,6 +369,19 @@ def test_a_score_given_by_hand_is_the_instructors(course, browser):
     assert re.sub(r"\s+", "", found["comment"]).startswith("教师评语：梯度的方向是对的") and found["commentMath"] == 2
     assert "\\frac" not in found["comment"] and "$" not in found["comment"]
     assert found["commentTex"][0] == "\\frac{1}{n}"
+
+
+@pytest.mark.parametrize("student", ["demo_bugs", GRADED_BY_HAND])
+def test_page_passes_the_accessibility_audit(course, browser, student):
+    """axe-core, WCAG 2.1 A and AA: no serious or critical violation (contrast of the
+    panel heads' text, names, language, headings), and every image has a Chinese alt text."""
+    browser.clear_events()
+    browser.open(_page(course, student).as_uri())
+    violations = a11y.audit(browser)
+    unnamed = a11y.images_without_chinese_alt(browser)
+    images = browser.evaluate("document.images.length")
+    assert not a11y.blocking(violations), a11y.describe(violations)
+    assert images >= 1 and not unnamed, unnamed
 
 
 # ------------------------------------------------------------------------ the attacker
