@@ -227,8 +227,8 @@ GRAPH_CUT_HINT = Hint(
     "torch.tensor(...) 重新包装、requires_grad_(False)）或者没有有用的梯度（round、argmax 等）。"
     "请全程用 torch 的可导运算计算损失。", "graph:cut", "book/02_regression.html#pytorch")
 VALUE_EQUAL_HINT = Hint(
-    "value-equal-gradient-differs", "损失值与参考值一致而梯度不同：说明你的公式与课程公式只在这些输入上数值相同"
-    "（例如某一项与输入无关、被当作常数），请对照课程公式检查每一项是否都随输入变化。", "kind:loss")
+    "value-equal-gradient-differs", "损失值与参考值一致，但梯度不同：你的公式在这些输入上的值与课程公式相同，"
+    "对输入的导数却不同。请逐项对照课程公式的导数，找出随输入变化方式不一样的那一项。", "kind:loss")
 KINK_HINT = Hint(
     "kink", "只在不可导点（残差为 0、两点重合、两个框完全相同等）上不对：在这些点上任何介于左右导数之间的次梯度都可以"
     "（例如 |r| 在 0 处可取 [−1, 1] 中的任意值：torch.sign 取 0，torch.where 取 ±1），但不能超出这个范围。",
@@ -569,7 +569,7 @@ def _near(c, x):
 UNMEASURED = ("unmeasured", float("nan"))     # fewer than two elements that matter: no evidence either way
 
 
-def measure_factor(mismatch, shape) -> Optional[tuple]:
+def measure_factor(mismatch, shape, dtype=torch.float64) -> Optional[tuple]:
     """(label, c) when the wrong tensor is c × the expected one on every element that matters
     (at least two of them) and c is not 1; label names c's meaning: "sign", "numel", "rows",
     "inv-numel", "inv-rows", "two", "half" or "const". UNMEASURED for a case with fewer than
@@ -587,7 +587,8 @@ def measure_factor(mismatch, shape) -> Optional[tuple]:
         return UNMEASURED
     r = g[big] / e[big]
     c = float(r.median())
-    if c == 0 or _near(c, 1.0) or not bool(((r - c).abs() <= 1e-3 * abs(c)).all()):
+    spread = 1e-3 if dtype == torch.float64 else 1e-2      # float32 rounding of the student's result
+    if c == 0 or _near(c, 1.0) or not bool(((r - c).abs() <= spread * abs(c)).all()):
         return None
     if not bool((g[~big].abs() <= 1e-3 * top * max(abs(c), 1)).all()):
         return None
@@ -743,7 +744,8 @@ def gradient_failure(mismatch, case, shape, prefix, what, exercise, response=Non
         n_bad, n = int(mismatch.bad.sum()), mismatch.bad.numel()
         return CaseFailure("fail", f"{head}只在不可导点上不对（{n_bad}/{n} 个元素）。{mismatch}", KINK_HINT)
     evidence = {"gradient": True, "near": bool(getattr(mismatch, "near", False)),
-                "factor": measure_factor(mismatch, shape), "shape": tuple(shape), "head": head, "tail": str(mismatch)}
+                "factor": measure_factor(mismatch, shape, case.float_dtype()), "shape": tuple(shape), "head": head,
+                "tail": str(mismatch)}
     hint = VALUE_EQUAL_HINT if kind == "loss" and not evidence["near"] else None
     return CaseFailure("fail", f"{head}{mismatch}", hint, evidence)
 

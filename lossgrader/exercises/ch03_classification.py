@@ -150,7 +150,7 @@ ENTRIES = [
         points=2,
         assignment="03_classification",
         reference=ref.focal_loss,
-        make_cases=_class_cases(extra_kw=[{"alpha": 0.25, "gamma": 1.0}, {"gamma": 0.0}]),
+        make_cases=_class_cases(extra_kw=[{"alpha": 0.25, "gamma": 1.0}, {"alpha": 0.5, "gamma": 0.0}]),
         mistakes=[Mistake("调制因子应是 (1 − p_t)^γ，不是 p_t^γ：p_t 是真实类别的概率。",
                           lambda x, t, alpha=1.0, gamma=2.0: (alpha * torch.exp(-_ce_rows(x, t)) ** gamma * _ce_rows(x, t)).mean(),
                           book="book/03_classification.html#p-t-gamma"),
