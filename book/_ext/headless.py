@@ -90,8 +90,9 @@ class StaticServer:
 class Browser:
     """One headless Chromium (Playwright) with one page, recording what went wrong.
 
-    ``offline``: no host but 127.0.0.1 resolves. ``color_scheme``: "light" or "dark"
-    (the ``prefers-color-scheme`` the page sees). ``page`` is Playwright's Page.
+    ``offline``: no host but 127.0.0.1 resolves. ``page`` is Playwright's Page;
+    ``new_page(width, height, color_scheme)`` starts a fresh one (``color_scheme``: the
+    ``prefers-color-scheme`` the page sees).
     """
 
     def __init__(self, chromium: str | None = None, width: int = 1280, height: int = 900,
