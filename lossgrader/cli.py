@@ -10,6 +10,9 @@
     lossgrader restore [BACKUP]             bring back a gradebook backup (.lossgrader/backups/)
     lossgrader demo [--dir DIR]             all of the above on the sample class in samples/submitted/,
                                             in a scratch course (default _build/demo-course/)
+    lossgrader cluster slurm [--jobs N]     the grading cluster on Slurm (settings: [tool.lossgrader.slurm]
+                                            in the course's pyproject.toml) until Ctrl-C; then
+                                            lossgrader autograde --dask slurm grades on it
 
 Student code is graded in a bubblewrap sandbox, one per hand-in (``--no-sandbox`` turns
 that off and says that it is unsafe); only this process writes the gradebook.
@@ -86,7 +89,7 @@ def cmd_autograde(args):
     results = autograde(root, args.assignments or None, args.student or None,
                         cell_timeout=args.cell_timeout, submission_timeout=args.timeout, jobs=args.jobs,
                         sandbox=not args.no_sandbox, limits=_limits(args), quiet=args.quiet,
-                        dask=args.dask)
+                        dask=_dask_address(args.dask, root))
     failed = sum(1 for e in results.values() if e["status"] == "failed")
     print(f"autograded {len(results)} submissions in {time.monotonic() - t0:.1f} s"
           + (f"; {failed} could not be autograded (0 points, reason in the export)" if failed else ""))
@@ -94,6 +97,18 @@ def cmd_autograde(args):
         _, rows = export(root)
         print(format_table(rows))
     return 0
+
+
+def _dask_address(address, root):
+    """--dask slurm names the course's grading cluster: the executor gets the course folder."""
+    return f"slurm:{root}" if address == "slurm" else address
+
+
+def cmd_cluster(args):
+    from .cluster import serve
+
+    scheduler_file = os.path.abspath(args.scheduler_file) if args.scheduler_file else None
+    return serve(_root(args), {"jobs": args.jobs, "scheduler_file": scheduler_file})
 
 
 def cmd_feedback(args):
@@ -232,8 +247,10 @@ def build_parser():
                    help="memory limit of one hand-in's sandbox in GiB (default 4)")
     p.add_argument("--dask", metavar="CLUSTER", default=None,
                    help="grade on Dask distributed instead of local threads: local[:N] (a LocalCluster of N "
-                        "single-thread worker processes), tcp://HOST:PORT (a running scheduler) or the path of "
-                        "a scheduler file (scheduler.json); see docs/instructor.md, 'Beyond one machine'")
+                        "single-thread worker processes), tcp://HOST:PORT (a running scheduler), the path of "
+                        "a scheduler file (scheduler.json) or slurm (the course's grading cluster: the one "
+                        "lossgrader cluster slurm runs, or one started on Slurm for the batch); see "
+                        "docs/instructor.md, 'Beyond one machine'")
     p.add_argument("--no-sandbox", action="store_true",
                    help="run student code without the bubblewrap sandbox (UNSAFE: only for trusted hand-ins)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress and no grade table (for scripts)")
@@ -286,6 +303,16 @@ def build_parser():
                    help="where to make the scratch course (default _build/demo-course/ in the course folder; "
                         "made afresh on every run)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("cluster", help="run the grading cluster (Dask on Slurm) until Ctrl-C; "
+                                       "lossgrader autograde --dask slurm grades on it")
+    p.add_argument("system", choices=["slurm"], help="the batch system (settings: [tool.lossgrader.slurm] in "
+                                                    "the course's pyproject.toml; docs/instructor.md, 'Slurm')")
+    p.add_argument("--jobs", type=int, default=None, help="Slurm jobs to keep running (default: the settings' jobs)")
+    p.add_argument("--scheduler-file", default=None,
+                   help="where to write the scheduler file (default: the settings' scheduler_file, "
+                        ".lossgrader/slurm/scheduler.json)")
+    p.set_defaults(func=cmd_cluster)
     return parser
 
 

@@ -7,9 +7,12 @@ job per node asked for, each job starts 16 single-thread workers with the memory
 environment the recipe gives, the scheduler file appears, the scheduler hands a dead
 worker's task back at once (allowed-failures 0), and Enter cancels the jobs.
 
+This check runs wherever dask-jobqueue is installed (no Slurm needed, no root);
+tests/test_slurm.py runs the same recipe through a real single-node Slurm (as root, with
+Debian's slurm-wlm and munge), and ``lossgrader cluster slurm`` with it.
+
 The Kubernetes recipe: its containers' commands and environment, run as local processes.
-(Neither a Slurm cluster nor a Kubernetes API is here: the job scripts and the manifest
-themselves are not run by Slurm or the operator.)"""
+(No Kubernetes API is here: the manifest itself is not run by the operator.)"""
 import os
 import re
 import stat
