@@ -222,6 +222,9 @@ def test_every_page_is_one_file(course):
         assert not local, local                    # no ../../_static/..., no file beside the page
         assert "script-src 'none'" in page and "'self'" not in page
         assert page.count("<math") >= 15 and "$$" not in page.split("<annotation")[0]
+    # the grader's links to the book reach the online book, not the course's local build
+    from lossgrader.judge import BOOK_ONLINE
+    assert f'href="{BOOK_ONLINE}book/' in _page(course, "demo_bugs").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("student", SAMPLES)
