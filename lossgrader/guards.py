@@ -219,10 +219,14 @@ def genuine_name(func):
     return entry[1] if entry is not None and entry[0] is func else None
 
 
+_BY_NAME = {}
+for _key, (_, _name) in _GENUINE.items():
+    _BY_NAME.setdefault(_name, set()).add(_key)
+
+
 def genuine_ids(names) -> frozenset:
     """The ids of torch's own functions whose genuine name is in ``names``."""
-    names = set(names)
-    return frozenset(key for key, (_, name) in _GENUINE.items() if name in names)
+    return frozenset(key for name in names for key in _BY_NAME.get(name, ()))
 
 
 # --------------------------------------------------------------------------- threads and processes

@@ -292,13 +292,20 @@ def _strip(call_record: dict) -> dict:
 
 def _no_graph(response: dict) -> bool:
     """Whether a loss's result misses one of its differentiated inputs: no requires_grad, a
-    gradient missing, or a gradient exactly 0 everywhere."""
-    if not response.get("out", {}).get("requires_grad"):
+    gradient missing, or a gradient exactly 0 everywhere while the loss is not 0 (a loss at
+    its minimum 0, such as identical boxes, has a zero gradient of its own)."""
+    out = response.get("out", {})
+    if not out.get("requires_grad"):
         return True
     grads = response.get("grads")
     if grads is None:
         return False
-    return any(g is None or (isinstance(g, torch.Tensor) and g.numel() > 0 and not bool(g.any())) for g in grads)
+    if any(g is None for g in grads):
+        return True
+    value = out.get("value")
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and float(value) == 0.0:
+        return False
+    return any(isinstance(g, torch.Tensor) and g.numel() > 0 and not bool(g.any()) for g in grads)
 
 
 def observe_graph(fn, case: dict, device, budget: _Budget, record: dict) -> dict:

@@ -68,26 +68,29 @@ def _aten_schema_params(op: str, rename_self: bool):
             for a in schema.arguments]
 
 
-def entry_points(func) -> dict:
+def entry_points(func, params: bool = True) -> dict:
     """{name the runtime reports: [(parameter, kind)] or None} for every entry point of the
-    kernel behind ``func`` (an F function; any other callable is its own only entry point)."""
+    kernel behind ``func`` (an F function; any other callable is its own only entry point).
+    ``params=False``: the names only (no signature is read: cheap on a check's first run)."""
     import inspect
     points = {}
-    try:
-        params = [(name, "k" if p.kind == p.KEYWORD_ONLY else "p")
-                  for name, p in inspect.signature(func).parameters.items()
-                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.POSITIONAL_ONLY)]
-    except (TypeError, ValueError):
-        params = None
-    points[qualname(func)] = params
+    signature = None
+    if params:
+        try:
+            signature = [(name, "k" if p.kind == p.KEYWORD_ONLY else "p")
+                         for name, p in inspect.signature(func).parameters.items()
+                         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.POSITIONAL_ONLY)]
+        except (TypeError, ValueError):
+            signature = None
+    points[qualname(func)] = signature
     ops = KERNELS.get(_short(func), _NO_KERNEL)[0] if getattr(func, "__module__", "") == F.__name__ else ()
     for op in ops:
         for owner in (torch._C._nn, torch._C._VariableFunctions):
             builtin = getattr(owner, op, None)
             if builtin is not None:
-                points[qualname(builtin)] = _aten_schema_params(op, rename_self=True)
-        if getattr(torch.ops.aten, op, None) is not None:
-            points[qualname(getattr(torch.ops.aten, op))] = _aten_schema_params(op, rename_self=False)
+                points[qualname(builtin)] = _aten_schema_params(op, rename_self=True) if params else None
+        # the runtime names an ATen operator packet (or any of its overloads) "aten.<op>"
+        points[f"aten.{op}"] = _aten_schema_params(op, rename_self=False) if params else None
     return points
 
 
@@ -112,6 +115,7 @@ class Forbidden:
 
     @functools.cached_property
     def points(self) -> dict:
+        """{entry point: its parameters} (the signatures are read here, for binding)."""
         out = {}
         for f in self.funcs:
             out.update(entry_points(f))
@@ -121,7 +125,10 @@ class Forbidden:
     def names(self) -> frozenset:
         """The names the runtime reports for these functions' entry points and, where the
         exercise resolved them, the autograd nodes."""
-        return frozenset(self.points) | (self.nodes if self.arg is None else frozenset())
+        names = set()
+        for f in self.funcs:
+            names.update(entry_points(f, params=False))
+        return frozenset(names) | (self.nodes if self.arg is None else frozenset())
 
     def own_nodes(self) -> frozenset:
         """The autograd nodes these functions' kernels leave."""
@@ -269,6 +276,7 @@ class Exercise:
         self.tol = tol
         self.time_limit = time_limit
         self.required = required
+        self._required_names = None
         self.error_hints = tuple(error_hints)   # (substring of an exception message, explanation, Hint)
         if book is not None and book not in BOOK_SECTIONS:
             raise ValueError(f"{id}: unknown book section {book!r}")
@@ -392,7 +400,9 @@ class Exercise:
         if self.required is None:
             return
         name, funcs = self.required
-        wanted = Forbidden(name, funcs).names
+        wanted = self._required_names
+        if wanted is None:
+            wanted = self._required_names = Forbidden(name, funcs).names
         if not any(entry[0] in wanted for entry in calls if isinstance(entry, (list, tuple)) and entry):
             raise CaseFailure("fail", f"本练习要求使用 <code>{name}</code>。")
 
