@@ -83,7 +83,7 @@ def test_every_chapter_renders_cleanly(site):
     pdfs = build.root / "_build" / "pdf"
     failures = []
     pages = chapter_pages(build.html_dir)
-    assert len(pages) == 9
+    assert len(pages) >= 9 and all((build.html_dir / page).is_file() for page in pages)
     for page in pages:
         browser.clear_events()
         browser.open(server.base_url + page)
