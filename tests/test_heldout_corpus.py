@@ -75,10 +75,37 @@ def test_heldout_verdict_and_hints(item, capfd):
     assert not named, f"{item.id}: {named}"
 
 
-def counts(reports=None) -> dict:
-    """The corpus's counts for the report: implementations by verdict, and how the grader did."""
-    return dict(collections.Counter(h.verdict for h in HELD))
-
-
 def test_the_misleading_wordings_cover_the_generic_hints():
     assert set(heldout.GENERIC_MISLEADING) <= set(heldout.MISLEADING_TEXT)
+
+
+def _hint_keys() -> set:
+    """Every hint key the grader can show (apart from the per-exercise mistakes)."""
+    from lossgrader import judge
+    keys = {h.key for h in vars(judge).values() if isinstance(h, judge.Hint)}
+    keys |= {f"factor-{label}" for label in judge.FACTOR_HINTS}
+    keys |= {f"exception-{kind}" for kind, *_ in judge._EXCEPTIONS}
+    keys |= {"result-unreadable", "result-none", "result-number", "result-numpy", "result-scalar", "result-dtype",
+             "result-device", "nonfinite-prob01", "nonfinite-log-of-softmax", "nonfinite-large", "nonfinite-kink",
+             "nonfinite", "module-parameters", "outcome-robust-fit", "outcome-minority", "outcome-overweighted",
+             "epsilon-label-smoothing"}
+    return keys
+
+
+def test_every_hint_has_wrong_entries_it_must_not_fire_on():
+    """For every hint, wrong implementations whose bug is something else: entries whose allowed
+    hints exclude it, so that the verdict test above fails if it fires there."""
+    wrong = [h for h in HELD if h.verdict == "wrong"]
+    for key in sorted(_hint_keys()):
+        guarded = [h.id for h in wrong if not any(matches(key, p) for p in h.hints + h.allowed)]
+        assert len(guarded) >= 10, f"{key}: only {guarded} must not get it"
+
+
+def test_the_generic_hints_fire_somewhere_in_the_corpus():
+    """The other side: the hints with a premise of their own are asked for by some entry."""
+    asked = {p for h in HELD for p in h.hints}
+    for key in ("graph-no-grad", "graph-cut", "kink", "factor-half", "exception-view", "exception-bool",
+                "exception-argcount", "exception-super-init", "exception-index-as-onehot", "result-dtype",
+                "module-parameters", "nonfinite-large", "nonfinite-kink", "nonfinite-prob01", "outcome-minority",
+                "outcome-robust-fit", "mistake-*", "variant-*"):
+        assert key in asked, key

@@ -16,7 +16,7 @@ built-ins in disguise. Each entry says:
 - ``not_hints``: hints that would mislead here, named explicitly (also counted for the grader
   before this round: ``MISLEADING_TEXT`` gives their old wording).
 
-tests/test_heldout_corpus.py runs every entry; ``counts()`` gives the numbers for the report.
+tests/test_heldout_corpus.py runs every entry.
 """
 from __future__ import annotations
 
