@@ -178,12 +178,18 @@ def _job_logs(root, tail=1500):
 
 
 def _finish(proc, root, timeout=420):
+    """proc's output once it has exited 0; killed when it does not end in time (or the test is
+    interrupted: pytest-timeout), so that no batch outlives its test."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
         raise AssertionError(f"timed out:\n{out[-3000:]}\n{err[-5000:]}\n{_job_logs(root)}")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     assert proc.returncode == 0, f"{out[-3000:]}\n{err[-5000:]}\n{_job_logs(root)}"
     return out, err
 
@@ -310,7 +316,7 @@ def test_a_job_reaching_its_walltime(queue, reference, tmp_path):
     """One job with a one-minute walltime and a batch that outlasts it: Slurm ends the job
     (TIMEOUT) while it grades; the hand-in it was grading is graded again on the replacement
     job, every hand-in gets its grade."""
-    students = {f"w{i:02d}": _slow(7) for i in range(13)}
+    students = {f"w{i:02d}": _slow(7) for i in range(12)}
     root = _settings(_course(str(tmp_path / "c"), students), jobs=1, walltime="00:01:00")
     t0 = time.monotonic()
     proc = subprocess.Popen(_cli(root, "autograde", "--dask", "slurm", *FLAGS), text=True,
@@ -334,7 +340,8 @@ def test_jobs_pending_when_the_batch_starts(queue, reference, tmp_path, capsys):
     and the batch begins: the batch says what it waits for, no hand-in's time limit runs while
     it waits (a limit of 30 s here, the wait about 40 s), and every hand-in is graded at its
     first try once the job starts. Then Ctrl-C stops the cluster and cancels its job."""
-    blocker = queue.run("sbatch", "--parsable", "-J", "someone-else", "-c", "2", "--wrap", "sleep 600").stdout.strip()
+    blocker = queue.run("sbatch", "--parsable", "-J", "someone-else", "-c", "2", "-o", os.devnull,
+                        "--wrap", "sleep 600").stdout.strip()
     queue.wait_for("the other job to run", lambda: queue.job_field(blocker, "JobState") == "RUNNING")
     students = {"a": "demo_full", "b": "demo_bugs", "c": "demo_unfinished"}
     root = _settings(_course(str(tmp_path / "c"), students), jobs=1)
@@ -404,6 +411,21 @@ def test_the_scheduler_process_killed(queue, reference, tmp_path):
     assert not queue.queued()
     assert not cluster.cluster_states(root)
     assert not os.path.exists(os.path.join(root, ".lossgrader", "slurm", "scheduler.json"))
+
+
+def test_jobs_that_end_at_their_start_are_not_resubmitted_forever(queue, tmp_path):
+    """A wrong python path in the settings: each job ends before its worker joins. The cluster
+    replaces the first ones, then stops after 3 in a row and exits with the reason instead of
+    filling the queue."""
+    root = _settings(str(tmp_path), jobs=1, python="/nonexistent/envs/lossgrader/bin/python")
+    with open(os.path.join(root, "nbgrader_config.py"), "w") as fh:
+        fh.write("")
+    done = subprocess.run(_cli(root, "cluster", "slurm"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "3 Slurm jobs in a row ended before a Dask worker of theirs joined" in done.stdout
+    assert "check the partition, account, prologue and python settings" in done.stdout
+    assert done.stdout.count("submitting 1 replacement(s)") == 2
+    assert not queue.queued() and not cluster.cluster_states(root)
 
 
 # --------------------------------------------------------------------------------------
