@@ -37,10 +37,11 @@ BOOK_LOCAL = "../../../_build/html/"
 BOOK_SECTIONS = {
     # Only anchors Sphinx derives from a heading's ASCII words or MyST labels: the numbered
     # ones (id5, id12, ...) move whenever a section is added before them.
+    "book/01_overview.html#autograd-graph": "计算图：梯度在哪里会断",
+    "book/01_overview.html#autograd-inplace": "原地修改",
     "book/01_overview.html#h": "h 不是越小越好",
     "book/02_regression.html#mse": "均方误差（MSE）",
     "book/02_regression.html#mae": "平均绝对误差（MAE）",
-    "book/02_regression.html#pytorch": "在 PyTorch 中使用",
     "book/02_regression.html#huber": "Huber 损失",
     "book/02_regression.html#l1-smooth-l1": "平滑 L1 损失（Smooth L1）",
     "book/02_regression.html#smooth-l1-huber": "Smooth L1 与 Huber 的关系",
@@ -221,11 +222,11 @@ EPSILON_HINT = Hint(
 NO_GRAD_HINT = Hint(
     "graph-no-grad", "评分时看到你的代码在关闭了梯度的状态下计算（torch.no_grad()、torch.set_grad_enabled(False) 或 "
     "torch.inference_mode()）：这时 PyTorch 不记录计算图，损失无法反向传播。计算损失时不要关闭梯度；"
-    "torch.no_grad() 只用于评估模型或手动更新参数。", "graph:grad-disabled", "book/02_regression.html#pytorch")
+    "torch.no_grad() 只用于评估模型或手动更新参数。", "graph:grad-disabled", "book/01_overview.html#autograd-graph")
 GRAPH_CUT_HINT = Hint(
     "graph-cut", "评分时看到你的代码调用了 {cuts}：这些调用会把结果从计算图上切断（.detach()、.data、.item()、.numpy()、"
     "torch.tensor(...) 重新包装、requires_grad_(False)）或者没有有用的梯度（round、argmax 等）。"
-    "请全程用 torch 的可导运算计算损失。", "graph:cut", "book/02_regression.html#pytorch")
+    "请全程用 torch 的可导运算计算损失。", "graph:cut", "book/01_overview.html#autograd-graph")
 VALUE_EQUAL_HINT = Hint(
     "value-equal-gradient-differs", "损失值与参考值一致，但梯度不同：你的公式在这些输入上的值与课程公式相同，"
     "对输入的导数却不同。请逐项对照课程公式的导数，找出随输入变化方式不一样的那一项。", "kind:loss")
@@ -260,15 +261,15 @@ _EXCEPTIONS = [
     ("inplace-leaf", r"leaf Variable that requires grad is being used in an in-place operation", None,
      "原地修改了需要梯度的输入（或它的一个视图）：PyTorch 不允许这样做，因为反向传播需要原来的值",
      "不要原地修改需要梯度的输入（如 pred -= target、x[i] = …、x.clamp_(…)）：先 .clone() 再修改，或用非原地运算。",
-     "book/02_regression.html#pytorch"),
+     "book/01_overview.html#autograd-inplace"),
     ("inplace-version", r"modified by an inplace operation", None,
      "反向传播需要的某个中间结果被原地运算改掉了（例如 y = x.exp(); y += 1 之后再对 exp 求导）",
      "不要原地修改计算图中还要用到的张量：把 a += b、a.clamp_()、a[i] = … 改成 a = a + b、a = a.clamp(…) 这样的非原地写法。",
-     "book/02_regression.html#pytorch"),
+     "book/01_overview.html#autograd-inplace"),
     ("numpy-grad", r"Can't call numpy\(\) on Tensor that requires grad", None,
      "对需要梯度的张量调用了 .numpy()：NumPy 数组不在计算图中",
      "损失要全程用 torch 运算计算；转到 NumPy 会切断计算图，梯度无法回传（只在画图、打印时才用 .detach().cpu().numpy()）。",
-     "book/02_regression.html#pytorch"),
+     "book/01_overview.html#autograd-graph"),
     ("device", r"Expected all tensors to be on the same device|should be either on cpu or on the same device|"
                r"Expected object of device type|on different devices|is not on the expected device", None,
      "参与同一次运算的张量不在同一个设备上（例如一个在 cuda:0，一个在 cpu）",
@@ -654,11 +655,11 @@ def check_tensor_result(out: dict, like_shape, dtype, device, what="返回值", 
         if kind == "number":
             hint = Hint("result-number", "不要用 .item() 或 float() 把结果变成 Python 数：那样会切断计算图，梯度无法回传。"
                         if graph else "返回 torch.Tensor，而不是 Python 数：用 torch.zeros_like(x) 等创建结果张量。",
-                        "result", "book/02_regression.html#pytorch")
+                        "result", "book/01_overview.html#autograd-graph" if graph else None)
         elif kind == "numpy":
             hint = Hint("result-numpy", "不要在 NumPy 中计算：转换到 NumPy 再转回来会切断计算图。请全程使用 torch 运算。"
                         if graph else "返回 torch.Tensor，而不是 NumPy 数组：请全程使用 torch 运算。",
-                        "result", "book/02_regression.html#pytorch")
+                        "result", "book/01_overview.html#autograd-graph" if graph else None)
         typename = html.escape(str(out.get("typename", "?")))
         raise CaseFailure("fail", f"{what}的类型是 {typename}，应为 torch.Tensor。", hint)
     value = out.get("value")
@@ -684,7 +685,7 @@ def check_tensor_result(out: dict, like_shape, dtype, device, what="返回值", 
 
 
 MUTATED_HINT = Hint("mutated", "损失函数不应改变它的输入：使用非原地运算（a = a - b，而不是 a -= b），或先 .clone()。",
-                    "mutated", "book/02_regression.html#pytorch")
+                    "mutated", "book/01_overview.html#autograd-inplace")
 
 
 def check_unchanged(mutated) -> None:
