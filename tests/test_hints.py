@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from lossgrader import check, judge
 from lossgrader.exercises import EXERCISES
+from corpus import as_module
+from corpus.heldout import FocalLossNoGrad
 
 
 def _keys(report) -> set:
@@ -28,17 +30,6 @@ def _keys(report) -> set:
 def _run(exercise, impl, hidden=True):
     ex = EXERCISES[exercise]
     return check(exercise, impl, points=ex.points, device="cpu", hidden=hidden)
-
-
-def _as_module(fn):
-    class Mistaken(nn.Module):
-        def __init__(self, **init):
-            super().__init__()
-            self.init = init
-
-        def forward(self, inputs, targets):
-            return fn(inputs, targets, **self.init)
-    return Mistaken
 
 
 # ----------------------------------------------------------------------------- typical mistakes
@@ -54,7 +45,7 @@ def test_each_mistake_hint_fires_on_its_mistake_and_on_no_other(exercise):
         with torch.no_grad():
             values[m] = [ex.call_for_value(m.fn, c, c.args, dict(c.kwargs)) for c in cases]
     for m in ex.mistakes:
-        impl = _as_module(m.fn) if ex.kind == "module" else m.fn
+        impl = as_module(m.fn) if ex.kind == "module" else m.fn
         report = _run(exercise, impl)
         shown = _keys(report)
         own = ex.mistake_hint(m).key
@@ -195,19 +186,8 @@ def _mse_inference(pred, target):
         return ((pred - target) ** 2).mean()
 
 
-class _FocalNoGrad(nn.Module):
-    def __init__(self, alpha=1, gamma=2):
-        super().__init__()
-        self.alpha, self.gamma = alpha, gamma
-
-    @torch.no_grad()
-    def forward(self, inputs, targets):
-        ce = F.cross_entropy(inputs, targets, reduction="none")
-        return (self.alpha * (1 - torch.exp(-ce)) ** self.gamma * ce).mean()
-
-
 NO_GRAD = [("mse", _mse_no_grad), ("mse", _mse_decorated), ("mse", _mse_set_grad), ("mse", _mse_inference),
-           ("focal_module", _FocalNoGrad)]
+           ("focal_module", FocalLossNoGrad)]
 
 
 @pytest.mark.parametrize("exercise,impl", NO_GRAD, ids=[f"{e}-{getattr(f, '__name__', '')}" for e, f in NO_GRAD])

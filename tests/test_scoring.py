@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn as nn
 
 from lossgrader import check, engine
 from lossgrader.exercises import EXERCISES
 from lossgrader.judge import CaseResult, compare
 from lossgrader.runtime import decode_arg
+from corpus import as_module
 
 GRADED = [ex_id for ex_id, ex in EXERCISES.items() if ex.kind != "outcome"]
 
@@ -61,24 +61,13 @@ def test_each_listed_mistake_loses_the_same_share_in_the_notebook_and_after_auto
     assert all(s[0] > 0 for s in shares.values()), f"{exercise}: a listed mistake never shows"
 
 
-def _as_module(fn):
-    class Mistaken(nn.Module):
-        def __init__(self, **init):
-            super().__init__()
-            self.init = init
-
-        def forward(self, inputs, targets):
-            return fn(inputs, targets, **self.init)
-    return Mistaken
-
-
 @pytest.mark.parametrize("exercise", GRADED)
 def test_the_scores_of_the_listed_mistakes_agree_end_to_end(exercise):
     """The same, measured on the reports: each listed mistake, handed in as the student's code,
     scores the same fraction of the points in the notebook and with the hidden cases."""
     ex = EXERCISES[exercise]
     for mistake in ex.mistakes:
-        impl = _as_module(mistake.fn) if ex.kind == "module" else mistake.fn
+        impl = as_module(mistake.fn) if ex.kind == "module" else mistake.fn
         notebook = check(exercise, impl, points=ex.points, device="cpu")
         autograded = check(exercise, impl, points=ex.points, device="cpu", hidden=True)
         assert notebook.score == autograded.score, (f"{exercise} {mistake.hint[:40]}: {notebook.score} in the notebook, "
