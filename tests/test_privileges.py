@@ -110,3 +110,26 @@ def test_hand_ins_are_graded_and_sandboxes_start_with_root_dropped(tmp_path):
         warm.new_folder = real
     assert owners and set(owners) == {privileges.target()[0]}
     assert _grades(root)["full"][1][0] == 6.0
+
+
+def test_as_root_is_a_plain_block_for_a_user_who_is_not_root():
+    """An instructor runs lossgrader as themself: the font cache's first read and the
+    cgroup writes go through as_root, which must then run the block as it is (it tried to
+    set the filesystem uid to 0 and raised OSError on every feedback plot)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not privileges.LINUX or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to become an unprivileged user")
+    python = next((p for p in ("/usr/bin/python3", sys.executable) if os.path.exists(p)), sys.executable)
+    # the module's source on stdin: the user may not read the checkout (a home folder)
+    with open(privileges.__file__, encoding="utf-8") as fh:
+        code = fh.read() + "\nwith as_root():\n    print('inside', fsuid())\n"
+    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-"],
+                          input=code, capture_output=True, text=True, timeout=60, cwd="/",
+                          env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    if "Permission denied" in done.stderr and "python" in done.stderr:
+        pytest.skip(f"no Python the unprivileged user may run: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["inside", "65534"]
