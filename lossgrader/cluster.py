@@ -369,7 +369,6 @@ class GradingCluster:
         self.timings = {}
         self._joined = set()       # job ids with a worker that joined
         self._early_ends = 0
-        self._t0 = time.monotonic()
         self._stop = threading.Event()
         self._thread = None
         self._config = None
@@ -387,7 +386,6 @@ class GradingCluster:
         if problem:
             raise ClusterError(problem)
         cancel_stale(self.root, log=self.log)
-        t0 = time.monotonic()
         # held until close(): the scheduler runs in this process and reads them while it runs
         # (allowed-failures 0: a dead worker's task comes straight back to the coordinator;
         # lost-worker-timeout: the watchdog, not dask-jobqueue, decides when a job is gone)
@@ -408,8 +406,6 @@ class GradingCluster:
         except BaseException:
             self.close()
             raise
-        self.timings["submit"] = time.monotonic() - t0
-        self._t0 = t0
         self._save_state()
         if self.kind == "command":
             _write_json(self.settings["scheduler_file"],
@@ -494,9 +490,7 @@ class GradingCluster:
         ended, pending, running = [], {}, set()
         for name, jid in jobs.items():
             if str(name) in names or any(n.startswith(f"{name}-") for n in names):
-                if jid not in self._joined:
-                    self._joined.add(jid)
-                    self.timings.setdefault("first worker", time.monotonic() - self._t0)
+                self._joined.add(jid)
             state, reason = states.get(jid, ("ENDED", ""))
             if state in ALIVE_STATES:
                 if state == "PENDING":
