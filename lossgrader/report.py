@@ -213,7 +213,7 @@ def _book_link(title: str, address: str) -> str:
 
 
 def _strip_tags(text: str) -> str:
-    return text.replace("<code>", "`").replace("</code>", "`")
+    return text.replace("<br>", " ").replace("<code>", "`").replace("</code>", "`")
 
 
 def _safe(text: str) -> str:
