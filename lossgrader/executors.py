@@ -49,6 +49,7 @@ Nothing reads these variables outside a Dask task.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import logging
 import os
@@ -85,10 +86,11 @@ GRADING_MODULES = ("backdoors", "cases", "engine", "exercises", "guards", "judge
                    "notebooks", "references", "results", "runtime", "sandbox", "worker")
 
 
+@functools.lru_cache(maxsize=1)
 def grader_fingerprint() -> str:
     """Hash of the source of the modules that decide a grade: a worker must grade with the
     same code as the coordinator, or the same hand-in could get different grades on
-    different machines."""
+    different machines (computed once per process: every hand-in's task checks it)."""
     here = os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256()
     for name in GRADING_MODULES:
@@ -195,16 +197,6 @@ class GraderMismatch(Exception):
     """A worker runs another grader than the coordinator (raised on the worker, before grading)."""
 
 
-_FINGERPRINT = None
-
-
-def _my_fingerprint() -> str:
-    global _FINGERPRINT
-    if _FINGERPRINT is None:
-        _FINGERPRINT = grader_fingerprint()
-    return _FINGERPRINT
-
-
 def grade_on_worker(task: dict, fingerprint: str = None) -> dict:
     """The Dask task: check that this worker grades with the coordinator's code, tell the
     coordinator it started (and where), grade, return plain data."""
@@ -213,8 +205,8 @@ def grade_on_worker(task: dict, fingerprint: str = None) -> dict:
     from distributed.utils import sync
 
     worker = get_worker()
-    if fingerprint is not None and _my_fingerprint() != fingerprint:
-        raise GraderMismatch(f"{worker.address} runs another lossgrader (source {_my_fingerprint()}, "
+    if fingerprint is not None and grader_fingerprint() != fingerprint:
+        raise GraderMismatch(f"{worker.address} runs another lossgrader (source {grader_fingerprint()}, "
                              f"the coordinator's {fingerprint})")
     start = {"key": str(worker.get_current_task()), "worker": worker.address}
     try:
