@@ -111,7 +111,6 @@ MOODLE_LANGUAGES = {
                          "上次修改（作业）", "上次修改（评分）"]},
 }
 MOODLE_FIELDS = MOODLE_LANGUAGES["en"]["fields"]
-MOODLE_PARTICIPANT = MOODLE_LANGUAGES["en"]["participant"]
 _EN_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _EN_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
               "October", "November", "December")

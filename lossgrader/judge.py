@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import html
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -236,13 +236,6 @@ KINK_HINT = Hint(
     "kink", "book/02_regression.html#mae")
 
 
-def book_link(hint: Optional[Hint], base: str) -> Optional[str]:
-    """The address of the hint's book section from ``base`` (BOOK_ONLINE or BOOK_LOCAL)."""
-    if hint is None or hint.book is None:
-        return None
-    return base + hint.book
-
-
 def dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
 
@@ -306,7 +299,6 @@ _EXCEPTIONS = [
      "函数的参数与题目给出的签名不一致（参数个数或名字不对）",
      "保持题目给出的函数签名不变（参数的个数、名字和默认值，例如 delta=1.0、smoothing=0.1）：评分器会按这些名字传参。", None),
 ]
-_EXPLAINED = {kind for kind, *_ in _EXCEPTIONS}
 
 # Internal paths PyTorch may put in a message: "(Triggered internally at /pytorch/aten/...)",
 # C++ stack traces ("Exception raised from ... frame #0: ..."), site-packages paths.
