@@ -20,6 +20,8 @@ import re
 
 import nh3
 
+from . import sanitize
+
 #: Presentation MathML (MathML Core and what latex2mathml writes), semantics and annotation.
 MATH_TAGS = {
     "math", "semantics", "annotation", "mrow", "mi", "mn", "mo", "ms", "mtext", "mspace",
@@ -195,12 +197,9 @@ def render_math(fragment) -> str:
 def _clean_page_fragment(fragment: str) -> str:
     """The fragment through the feedback page's own allowlist with MathML added: whatever
     the re-serialisation above did, nothing but allowed markup leaves this module."""
-    from . import sanitize
+    return sanitize._nh3(fragment, tags=_PAGE_TAGS, attributes=_PAGE_ATTRIBUTES)
 
-    attributes = {tag: set(allowed) for tag, allowed in sanitize._ATTRIBUTES.items()}
-    for tag, allowed in MATH_ATTRIBUTES.items():
-        attributes[tag] = attributes.get(tag, set()) | allowed
-    return nh3.clean(fragment, tags=sanitize._TAGS | MATH_TAGS, clean_content_tags={"script", "style"},
-                     attributes=attributes, attribute_filter=sanitize._attribute_filter,
-                     url_schemes={"http", "https", "mailto", "data"}, strip_comments=True,
-                     filter_style_properties=sanitize._STYLE_PROPERTIES, id_prefix="lg-u-")
+
+_PAGE_TAGS = sanitize._TAGS | MATH_TAGS
+_PAGE_ATTRIBUTES = {tag: set(sanitize._ATTRIBUTES.get(tag, ())) | set(MATH_ATTRIBUTES.get(tag, ()))
+                    for tag in set(sanitize._ATTRIBUTES) | set(MATH_ATTRIBUTES)}

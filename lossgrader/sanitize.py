@@ -55,9 +55,10 @@ def _attribute_filter(element, attribute, value):
     return value
 
 
-def _nh3(fragment):
-    return nh3.clean(fragment, tags=_TAGS, clean_content_tags={"script", "style"},
-                     attributes=_ATTRIBUTES, attribute_filter=_attribute_filter,
+def _nh3(fragment, tags=_TAGS, attributes=_ATTRIBUTES):
+    """The feedback page's allowlist; ``tags``/``attributes`` widen it (mathml.py adds MathML)."""
+    return nh3.clean(fragment, tags=tags, clean_content_tags={"script", "style"},
+                     attributes=attributes, attribute_filter=_attribute_filter,
                      url_schemes={"http", "https", "mailto", "data"}, strip_comments=True,
                      filter_style_properties=_STYLE_PROPERTIES, id_prefix="lg-u-")
 
