@@ -874,11 +874,7 @@ def _put(root, top, student, aid, cand, stamp):
             continue
         _write(os.path.join(dest, *inner.split("/")), extra)
         rows.append(_row(rel, "copied", student, aid, cand.platform_id, detail="file beside the notebook"))
-    if status != "unchanged" or not os.path.isfile(os.path.join(dest, TIMESTAMP)):
-        when = _parse_time(cand.stamp) or when or datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc)
-        _write(os.path.join(dest, TIMESTAMP), when.strftime(TIMESTAMP_FORMAT).encode())
-    if status != "unchanged" or not os.path.isfile(os.path.join(dest, SECRET)):
-        _write(os.path.join(dest, SECRET), secrets.token_hex(64).encode())
+    _nbgrader_files(dest, status != "unchanged", cand.stamp, when, mtime)
     return status, detail, rows
 
 
@@ -962,15 +958,20 @@ def _put_files(root, top, student, aid, cands, stamp, who, nbgrader_folder=False
                          detail=f"{who} handed in no notebook (.ipynb) for {aid}: {what} is kept as "
                                 f"submitted/{student}/{aid}/{name}{' (unchanged)' if same else ''}; "
                                 "lossgrader autograde gives the hand-in 0 with the reason, export lists it"))
-    newest = max(mtime for _, _, mtime in read)
+    _nbgrader_files(dest, changed, max((c.stamp for c, _, _ in read), default=""), when,
+                    max(mtime for _, _, mtime in read))
+    return True, rows
+
+
+def _nbgrader_files(dest, changed, stamp, when, mtime):
+    """nbgrader's timestamp.txt (the platform's time, else the hand-in folder's own, else
+    the newest file's) and submission_secret.txt beside a hand-in that changed or lacks them."""
     stamp_file = os.path.join(dest, TIMESTAMP)
     if changed or not os.path.isfile(stamp_file):
-        when = _parse_time(max((c.stamp for c, _, _ in read), default="")) or when or \
-            datetime.datetime.fromtimestamp(newest, datetime.timezone.utc)
+        when = _parse_time(stamp) or when or datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc)
         _write(stamp_file, when.strftime(TIMESTAMP_FORMAT).encode())
     if changed or not os.path.isfile(os.path.join(dest, SECRET)):
         _write(os.path.join(dest, SECRET), secrets.token_hex(64).encode())
-    return True, rows
 
 
 def _same_person_twice(root, ids, fmt, collected):
