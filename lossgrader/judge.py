@@ -12,14 +12,16 @@ not shown, and the neutral message (expected, got, where) stands alone.
 """
 from __future__ import annotations
 
+import dataclasses
 import html
+import math
 import re
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from .runtime import device_name
+from .runtime import MAX_CUTS, device_name
 
 from .guards import GAPS, GAP_CHILD, GAP_FORK, GAP_THREAD, single_thread
 
@@ -585,9 +587,7 @@ def measure_factor(mismatch, shape, dtype=torch.float64) -> Optional[tuple]:
         return None
     if not bool((g[~big].abs() <= 1e-3 * top * max(abs(c), 1)).all()):
         return None
-    numel = 1
-    for s in shape:
-        numel *= int(s)
+    numel = math.prod(int(s) for s in shape)
     rows = int(shape[0]) if len(shape) else 1
     if _near(c, -1.0):
         return "sign", c
@@ -607,7 +607,7 @@ def factor_hint(label: str, c: float, shape, exercise=None) -> tuple:
     """(cause sentence, Hint) of a factor diagnosed across cases."""
     table = FACTOR_HINTS_NO_GRAPH if getattr(exercise, "graph", True) is False else {}
     sentence, text, book = table.get(label) or FACTOR_HINTS[label]
-    n = int(shape[0]) if label in ("rows", "inv-rows") else int(torch.tensor(shape).prod()) if len(shape) else 1
+    n = int(shape[0]) if label in ("rows", "inv-rows") else math.prod(int(s) for s in shape)
     book = book or getattr(exercise, "book", None)
     return sentence.format(n=n, c=c), Hint(f"factor-{label}", text, "factor", book)
 
@@ -620,12 +620,12 @@ def graph_hint(response: dict) -> Optional[Hint]:
         return None
     if seen.get("grad_disabled") is True:
         return NO_GRAD_HINT
-    cuts = [str(c) for c in seen.get("cuts") or () if isinstance(c, str)][:8]
+    cuts = [str(c) for c in seen.get("cuts") or () if isinstance(c, str)][:MAX_CUTS]
     if cuts:
         names = "、".join(f".{c}()" if c not in ("data", "tensor", "from_numpy") else
                          {"data": ".data", "tensor": "torch.tensor(...)", "from_numpy": "torch.from_numpy(...)"}[c]
                          for c in cuts)
-        return Hint(GRAPH_CUT_HINT.key, GRAPH_CUT_HINT.text.format(cuts=names), GRAPH_CUT_HINT.premise, GRAPH_CUT_HINT.book)
+        return dataclasses.replace(GRAPH_CUT_HINT, text=GRAPH_CUT_HINT.text.format(cuts=names))
     return None
 
 

@@ -210,7 +210,6 @@ def call(budget: _Budget, thunk, spy: bool = False, binder: Binder = None) -> di
     remaining = budget.remaining()
     if remaining <= 0:
         return {"status": "budget", "calls": []}
-    binder = binder if binder else None
     function_spy = guards.CallSpy(binder.keep_args if binder else None) if spy else None
     out = {"status": "ok", "calls": []}
     try:
